@@ -1,0 +1,185 @@
+"""Every setting of dlx (model, engine, server) in one dataclass, its command-line flags, and the
+validation that runs once at start-up, before any process is spawned, failing with one clear sentence."""
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+EMBEDDED_MODEL_DIR = os.path.join(os.path.dirname(__file__), "assets", "dlx-tiny")
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message is one sentence meant for the person who typed the command."""
+
+
+@dataclass
+class Config:
+    model: str | None = None
+    model_name: str | None = None
+    dtype: str = "auto"
+    mask_token_id: int | None = None
+    decoding_strategy: str = "multi_bd"
+    sampling_mode: str = "naive"
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    device_ids: str = ""
+    device: str | None = None
+    max_model_len: int | None = None
+    max_num_batched_tokens: int = 4096
+    max_num_reqs: int = 128
+    max_waiting_requests: int = 1024
+    block_size: int = 32
+    buffer_size: int = 1
+    page_size: int = 32
+    denoising_steps: int = 32
+    gpu_memory_utilization: float = 0.9
+    num_kv_pages: int | None = None
+    attn_impl: str = "triton_grouped"
+    accept_threshold: float = 0.95
+    add_block_threshold: float = 0.1
+    semi_complete_threshold: float = 0.9
+    edit_threshold: float = 0.9
+    max_post_edit_steps: int = 16
+    enforce_eager: bool = False
+    disable_prefix_caching: bool = False
+    disable_cuda_graphs: bool = False
+    use_lora: bool = False
+    lora_path: str = ""
+    pre_merge_lora: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    frontend_workers: int = 2
+    no_frontend: bool = False
+    api_key: str | None = None
+    max_request_bytes: int = 4 << 20
+    seed: int = 0
+    log_level: str = "info"
+    hf_config: dict = field(default_factory=dict, repr=False)
+    warnings: list[str] = field(default_factory=list, repr=False)
+
+    def finalize(self, cuda_available: bool | None = None) -> "Config":
+        """Fill derived values and check every rule; raises ConfigError. Safe to call once."""
+        if cuda_available is None:
+            import torch
+            cuda_available = torch.cuda.is_available()
+        self.model = self.model or EMBEDDED_MODEL_DIR
+        if not os.path.isfile(os.path.join(self.model, "config.json")):
+            raise ConfigError(f"--model {self.model} is not a model directory (no config.json there)")
+        with open(os.path.join(self.model, "config.json")) as f:
+            self.hf_config = json.load(f)
+        self.model_name = self.model_name or os.path.basename(os.path.normpath(self.model))
+        self.api_key = self.api_key or os.environ.get("DLX_API_KEY") or None
+        self._check_choices()
+        self._choose_device(cuda_available)
+        self._check_layout()
+        self._check_parallelism(cuda_available)
+        return self
+
+    def _check_choices(self) -> None:
+        choices = {"decoding_strategy": ("multi_bd",), "sampling_mode": ("naive", "edit"),
+                   "attn_impl": ("triton_grouped", "naive"), "device": (None, "cuda", "cpu"),
+                   "dtype": ("auto", "bfloat16", "float16", "float32")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                shown = ", ".join(a for a in allowed if a)
+                raise ConfigError(f"--{name.replace('_', '-')} must be one of {shown}, not '{getattr(self, name)}'")
+        for name in ("accept_threshold", "semi_complete_threshold", "edit_threshold", "add_block_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 1")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError("--gpu-memory-utilization must be in (0, 1]")
+        if self.use_lora and not self.lora_path:
+            raise ConfigError("--use-lora needs --lora-path")
+        if self.use_lora:
+            raise ConfigError("LoRA adapters are not supported by dlx yet; merge the adapter into the checkpoint")
+
+    def _choose_device(self, cuda_available: bool) -> None:
+        if self.device == "cuda" and not cuda_available:
+            raise ConfigError("--device cuda was asked for but no CUDA GPU is visible")
+        if self.device is None:
+            self.device = "cuda" if cuda_available else "cpu"
+        if self.device == "cpu" and self.attn_impl == "triton_grouped":
+            self.attn_impl = "naive"
+            self.warnings.append("no GPU in use: serving on the CPU with the PyTorch paths "
+                                 "(--attn-impl naive, no CUDA graphs, --gpu-memory-utilization ignored)")
+
+    def _check_layout(self) -> None:
+        for name in ("block_size", "page_size", "buffer_size", "max_num_reqs", "max_num_batched_tokens",
+                     "denoising_steps", "frontend_workers", "max_waiting_requests", "max_request_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.page_size % self.block_size:
+            raise ConfigError(f"--block-size {self.block_size} must divide --page-size {self.page_size}")
+        limit = self.hf_config.get("max_position_embeddings", 4096)
+        if self.max_model_len is None:
+            self.max_model_len = min(4096, limit) // self.block_size * self.block_size
+        if self.max_model_len > limit:
+            raise ConfigError(f"--max-model-len {self.max_model_len} exceeds the model's max_position_embeddings ({limit})")
+        if self.max_model_len % self.block_size or self.max_model_len < 2 * self.block_size:
+            raise ConfigError(f"--max-model-len {self.max_model_len} must be a multiple of --block-size "
+                              f"{self.block_size} and at least two blocks")
+        if self.max_num_batched_tokens < self.max_model_len:
+            raise ConfigError(f"--max-num-batched-tokens {self.max_num_batched_tokens} must be at least "
+                              f"--max-model-len {self.max_model_len} so that any admitted prompt fits one step")
+
+    def _check_parallelism(self, cuda_available: bool) -> None:
+        tp, dp = self.tensor_parallel_size, self.data_parallel_size
+        if tp < 1 or dp < 1:
+            raise ConfigError("--tensor-parallel-size and --data-parallel-size must be at least 1")
+        heads = self.hf_config.get("num_attention_heads", 1)
+        kv_heads = self.hf_config.get("num_key_value_heads") or heads
+        if heads % tp or (kv_heads % tp and tp % kv_heads):
+            raise ConfigError(f"--tensor-parallel-size {tp} must divide the {heads} attention heads and divide "
+                              f"or be a multiple of the {kv_heads} KV heads")
+        if self.device == "cuda":
+            import torch
+            visible = torch.cuda.device_count() if cuda_available else 0
+            ids = self.gpu_ids(visible)
+            if len(ids) < tp * dp:
+                raise ConfigError(f"TP {tp} × DP {dp} needs {tp * dp} GPUs but only {len(ids)} are available")
+            if any(i >= visible or i < 0 for i in ids):
+                raise ConfigError(f"--device-ids {self.device_ids} names a GPU that is not visible ({visible} visible)")
+
+    def gpu_ids(self, visible: int) -> list[int]:
+        if not self.device_ids.strip():
+            return list(range(visible))
+        try:
+            return [int(x) for x in self.device_ids.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--device-ids must be comma-separated integers, not '{self.device_ids}'") from None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per Config field; names, defaults and types come from the dataclass."""
+    helps = {
+        "model": "local checkpoint directory (default: the embedded dlx-tiny model)",
+        "model_name": "served model id (the seed's registered names, e.g. llada2_mini, are accepted)",
+        "buffer_size": "blocks decoded concurrently per request (1 = SingleBD, exactly the model's generate())",
+        "attn_impl": "triton_grouped (GPU) or naive (plain PyTorch)",
+        "device": "cuda or cpu (default: cuda when available)",
+        "num_kv_pages": "KV-cache pages (default: sized from --gpu-memory-utilization, or 4096 on CPU)",
+        "no_frontend": "start only the engine workers; attach gunicorn frontends separately",
+        "api_key": "require 'Authorization: Bearer KEY' (also DLX_API_KEY)",
+    }
+    for f in dataclasses.fields(Config):
+        if f.name in ("hf_config", "warnings"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action="store_true", help=helps.get(f.name))
+            continue
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        if "int" in str(f.type) and "str" not in str(f.type):
+            kind = int
+        elif "float" in str(f.type):
+            kind = float
+        parser.add_argument(flag, type=kind, default=f.default, help=helps.get(f.name))
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    names = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in vars(args).items() if k in names})

@@ -1,0 +1,160 @@
+"""The LLaDA2 mixture-of-experts transformer (model_type `llada2_moe`), every choice read from config.json.
+Forward over a ragged batch of new tokens; logits at position i predict the token at position i."""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dlx.kernels.attention import AttentionMetadata, attention_reference
+from dlx.kernels.kv_store import store_kv_reference
+from dlx.models.layers import QKVParallelLinear, ReplicatedLinear, RMSNorm, RotaryEmbedding, \
+    RowParallelLinear, SwiGLU, copy_full
+from dlx.models.moe import Router, SparseMoE
+
+
+@dataclass
+class LLaDA2Config:
+    """Architecture read from config.json; missing keys take the reference configuration's defaults."""
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    intermediate_size: int | None
+    rms_norm_eps: float
+    rope_theta: float
+    rotary_dim: int
+    max_position_embeddings: int
+    use_qk_norm: bool
+    use_qkv_bias: bool
+    use_bias: bool
+    tie_word_embeddings: bool
+    num_experts: int | None
+    num_experts_per_tok: int
+    num_shared_experts: int
+    moe_intermediate_size: int | None
+    first_k_dense_replace: int
+    n_group: int
+    topk_group: int
+    routed_scaling_factor: float
+    score_function: str
+    expert_bias: bool | None  # None: use the tensor if the checkpoint has it
+    eos_token_id: int | None
+    torch_dtype: str | None
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "LLaDA2Config":
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
+            if key not in cfg:
+                raise ValueError(f"config.json has no '{key}'")
+        heads = cfg["num_attention_heads"]
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"rope type '{rope_type}' in config.json is not supported")
+        partial = rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 0.5))
+        rotary_dim = cfg.get("rotary_dim") or int(head_dim * partial)
+        eos = cfg.get("eos_token_id")
+        enable_bias = cfg.get("moe_router_enable_expert_bias")
+        return cls(
+            vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+            num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=heads,
+            num_key_value_heads=cfg.get("num_key_value_heads") or heads, head_dim=head_dim,
+            intermediate_size=cfg.get("intermediate_size"), rms_norm_eps=cfg.get("rms_norm_eps", 1e-5),
+            rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)), rotary_dim=rotary_dim,
+            max_position_embeddings=cfg.get("max_position_embeddings", 16384),
+            use_qk_norm=cfg.get("use_qk_norm", True), use_qkv_bias=cfg.get("use_qkv_bias", False),
+            use_bias=cfg.get("use_bias", True), tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+            num_experts=cfg.get("num_experts"), num_experts_per_tok=cfg.get("num_experts_per_tok", 2),
+            num_shared_experts=cfg.get("num_shared_experts") or 0,
+            moe_intermediate_size=cfg.get("moe_intermediate_size"),
+            first_k_dense_replace=cfg.get("first_k_dense_replace", 0),
+            n_group=cfg.get("n_group") or 1, topk_group=cfg.get("topk_group") or 1,
+            routed_scaling_factor=cfg.get("routed_scaling_factor", 1.0),
+            score_function=cfg.get("score_function", "sigmoid"),
+            expert_bias=None if enable_bias is None else bool(enable_bias),
+            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+            torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+        )
+
+    def is_moe_layer(self, index: int) -> bool:
+        return bool(self.num_experts) and index >= self.first_k_dense_replace
+
+
+class Attention(nn.Module):
+    """Fused QKV, per-head qk RMSNorm, partial rotary, block-diffusion attention, output projection."""
+
+    def __init__(self, cfg: LLaDA2Config, rotary: RotaryEmbedding):
+        super().__init__()
+        self.query_key_value = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads,
+                                                 cfg.num_key_value_heads, cfg.use_qkv_bias)
+        self.num_heads = self.query_key_value.num_heads
+        self.num_kv_heads = self.query_key_value.num_kv_heads
+        self.head_dim, self.scale = cfg.head_dim, cfg.head_dim ** -0.5
+        self.query_layernorm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.use_qk_norm else None
+        self.key_layernorm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.use_qk_norm else None
+        self.dense = RowParallelLinear(cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size, cfg.use_bias)
+        self.rotary = rotary
+        self.k_cache: torch.Tensor | None = None  # [pages, page_size, kv_heads, head_dim], set by the runner
+        self.v_cache: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        qkv = self.query_key_value(x).view(len(x), -1, self.head_dim)
+        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
+        if self.query_layernorm is not None:
+            q, k = self.query_layernorm(q), self.key_layernorm(k)
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        if self.k_cache is not None and meta.slot_mapping is not None:
+            store_kv_reference(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        out = attention_reference(q, k, v, positions, self.k_cache, self.v_cache, meta, self.scale)
+        return self.dense(out.reshape(len(x), -1))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: LLaDA2Config, index: int, rotary: RotaryEmbedding):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attention = Attention(cfg, rotary)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if cfg.is_moe_layer(index):
+            router = Router(cfg.hidden_size, cfg.num_experts, cfg.num_experts_per_tok, cfg.n_group,
+                            cfg.topk_group, cfg.routed_scaling_factor, cfg.score_function,
+                            cfg.expert_bias is not False)
+            self.mlp = SparseMoE(cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts,
+                                 cfg.num_experts_per_tok, cfg.num_shared_experts, router)
+        else:
+            self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        h = x + self.attention(self.input_layernorm(x), positions, meta)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LLaDA2Model(nn.Module):
+    """Embedding → decoder layers → final norm; `compute_logits` only for the rows that need them."""
+
+    def __init__(self, cfg: LLaDA2Config):
+        super().__init__()
+        self.config = cfg
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.word_embeddings.weight.weight_loader = copy_full
+        rotary = RotaryEmbedding(cfg.rotary_dim, cfg.rope_theta, cfg.max_position_embeddings)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, rotary) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = ReplicatedLinear(cfg.hidden_size, cfg.vocab_size)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.word_embeddings.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        x = self.word_embeddings(input_ids)
+        for layer in self.layers:
+            x = layer(x, positions, meta)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()
+
+    def attention_layers(self) -> list[Attention]:
+        return [layer.attention for layer in self.layers]

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny checkpoints made once per session, loaded models, tokenizers.
+GPU-marked tests are skipped on machines without CUDA."""
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> str:
+    from dlx.models.tiny import write_tiny_llada2
+    """EOS boosted so that stopping paths are exercised."""
+    return write_tiny_llada2(str(tmp_path_factory.mktemp("tiny")), seed=0, eos_boost=1.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
+    from dlx.models import load_model
+    return load_model(tiny_dir, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_dir):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny_dir)
