@@ -1,0 +1,77 @@
+"""Doorbells: named FIFOs that let a blocked ring side sleep in the kernel until its peer rings.
+Owns creating/opening the FIFOs and the readiness wait (select module, cooperative under gevent)."""
+from __future__ import annotations
+
+import os
+import select
+
+
+def wait_readable(fds: list[int], timeout: float) -> list[int]:
+    """Block up to `timeout` seconds until some of `fds` are readable; return those.
+
+    Uses select.poll (no FD_SETSIZE limit for busy frontends). The function is looked up on the
+    `select` module at call time, so after gevent's monkey-patching it yields to other greenlets."""
+    if not fds:
+        return []
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    wake_mask = select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLNVAL
+    events = poller.poll(max(0.0, timeout) * 1000.0)
+    return [fd for fd, mask in events if mask & wake_mask]
+
+
+class Doorbell:
+    """One FIFO shared by the ringing side and the waiting side.
+
+    Both sides open it O_RDWR|O_NONBLOCK: neither open nor write ever blocks, and the FIFO stays valid
+    whoever comes and goes. A full FIFO (64 KiB of unread rings) already means "wake up", so a write
+    that would block is simply dropped."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+
+    @classmethod
+    def create(cls, path: str) -> Doorbell:
+        """Make the FIFO (replacing an orphan of a crashed run with the same name) and open it."""
+        try:
+            os.mkfifo(path, 0o600)
+        except FileExistsError:
+            os.unlink(path)
+            os.mkfifo(path, 0o600)
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: str) -> Doorbell:
+        return cls(path, os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def ring(self) -> None:
+        """Wake the waiter; never blocks."""
+        try:
+            os.write(self._fd, b"\x01")
+        except BlockingIOError:
+            pass  # FIFO full: the waiter has plenty of pending wake-ups already
+
+    def drain(self) -> None:
+        """Swallow pending rings; callers re-check the shared state afterwards, so nothing is lost."""
+        try:
+            while os.read(self._fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until rung or `timeout` passes; True if rung. Pending rings are drained."""
+        if wait_readable([self._fd], timeout):
+            self.drain()
+            return True
+        return False
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
