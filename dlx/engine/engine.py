@@ -1,0 +1,135 @@
+"""LLMEngine: the step loop that ties scheduler → runner → sampler → postprocess together, plus request
+intake, aborts, per-step outputs (snapshots for streaming) and metrics. Token ids only, no tokenizer."""
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from dlx.config import Config
+from dlx.engine.kv_manager import KVCacheManager
+from dlx.engine.request import Request, Status
+from dlx.engine.runner import ModelRunner
+from dlx.engine.sampler import Sampler
+from dlx.engine.sampling_params import SamplingParams
+from dlx.engine.scheduler import Scheduler
+from dlx.models import load_model
+from dlx.models.tokenizer_build import EOS_TOKEN, MASK_TOKEN, token_id
+
+
+@dataclass
+class StepOutput:
+    """What a stream needs after a step: the activated region with masks, how much of it is final."""
+    rid: str
+    token_ids: list[int]          # generated region so far (masks at undecoded positions)
+    stable_len: int               # leading tokens that will not change
+    nfe: int
+    finished: bool
+    finish_reason: str | None = None
+    output: list[int] | None = None
+
+
+@dataclass
+class StepMetrics:
+    tokens_committed: int = 0
+    num_requests: int = 0
+    step_seconds: float = 0.0
+    running: int = 0
+    waiting: int = 0
+    kv_pages_used: int = 0
+    kv_pages_free: int = 0
+    kv_pages_cached: int = 0
+    per_request_tokens: list[int] = field(default_factory=list)
+
+
+def special_ids(cfg: Config) -> tuple[int, int | None]:
+    mask = cfg.mask_token_id if cfg.mask_token_id is not None else cfg.hf_config.get("mask_token_id")
+    mask = mask if mask is not None else token_id(cfg.model, MASK_TOKEN)
+    if mask is None:
+        raise ValueError(f"no mask token found for {cfg.model}: pass --mask-token-id")
+    eos = cfg.hf_config.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) else eos
+    return mask, eos if eos is not None else token_id(cfg.model, EOS_TOKEN)
+
+
+class LLMEngine:
+    def __init__(self, cfg: Config, model: torch.nn.Module | None = None):
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.model = model or load_model(cfg.model, cfg.dtype, cfg.device)
+        self.mask_id, self.eos_id = special_ids(cfg)
+        self.vocab_size = self.model.config.vocab_size
+        num_pages = cfg.num_kv_pages or self.default_num_pages()
+        if num_pages * cfg.page_size < cfg.max_model_len + cfg.page_size:
+            raise ValueError(f"{num_pages} KV pages cannot hold one request of --max-model-len {cfg.max_model_len}")
+        self.runner = ModelRunner(self.model, cfg.block_size, cfg.page_size, num_pages)
+        self.kv = KVCacheManager(num_pages, cfg.page_size, not cfg.disable_prefix_caching)
+        self.scheduler = Scheduler(self.kv, cfg.max_num_reqs, cfg.max_num_batched_tokens,
+                                   cfg.buffer_size, cfg.add_block_threshold)
+        self.sampler = Sampler(self.mask_id, cfg.accept_threshold, cfg.semi_complete_threshold,
+                               cfg.edit_threshold, cfg.max_post_edit_steps)
+        self.last_metrics = StepMetrics()
+
+    def default_num_pages(self) -> int:
+        page_bytes = ModelRunner.page_bytes(self.model, self.cfg.page_size)
+        if self.cfg.device == "cuda":
+            free, _ = torch.cuda.mem_get_info()
+            total = torch.cuda.get_device_properties(0).total_memory
+            budget = free - total * (1 - self.cfg.gpu_memory_utilization)
+            return max(1, int(budget // page_bytes))
+        wanted = self.cfg.max_num_reqs * -(-self.cfg.max_model_len // self.cfg.page_size) + 1
+        return max(2, min(wanted, (1 << 30) // page_bytes))
+
+    def add_request(self, prompt: list[int], params: SamplingParams, rid: str | None = None) -> Request:
+        if not prompt:
+            raise ValueError("prompt is empty")
+        if len(prompt) >= self.cfg.max_model_len:
+            raise ValueError(f"prompt has {len(prompt)} tokens; --max-model-len {self.cfg.max_model_len} leaves no room to generate")
+        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
+        req = Request(prompt, params, self.cfg.block_size, self.cfg.max_model_len, self.mask_id, self.eos_id,
+                      self.cfg.denoising_steps, rid)
+        req.edit_mode = (params.sampling_mode or self.cfg.sampling_mode) == "edit"
+        self.scheduler.add(req)
+        return req
+
+    def abort(self, rid: str) -> Request | None:
+        return self.scheduler.abort(rid)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def step(self) -> list[StepOutput]:
+        started, started_at = time.perf_counter(), time.monotonic()
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        positions = [self.sampler.logit_positions(req) for req in batch]
+        logits = self.runner.run(batch, self.scheduler.plans, positions)
+        committed = [self.sampler.apply(req, pos, lg) for req, pos, lg in zip(batch, positions, logits)]
+        finished = set(r.rid for r in self.scheduler.postprocess(batch))
+        now = time.monotonic()
+        outputs = []
+        for req in batch:
+            req.first_scheduled = req.first_scheduled or started_at
+            if req.first_token_time is None and req.stable_len() > 0:
+                req.first_token_time = now
+            outputs.append(self.snapshot(req, req.rid in finished))
+        self.record_metrics(batch, committed, time.perf_counter() - started)
+        return outputs
+
+    def snapshot(self, req: Request, finished: bool) -> StepOutput:
+        end = min(req.gen_end, req.next_block * req.B)
+        region = req.tokens[req.prompt_len:end]
+        if finished:
+            return StepOutput(req.rid, list(req.output), len(req.output), req.nfe, True, req.finish_reason, req.output)
+        return StepOutput(req.rid, region, req.stable_len(), req.nfe, False)
+
+    def record_metrics(self, batch: list[Request], committed: list[int], seconds: float) -> None:
+        self.last_metrics = StepMetrics(
+            tokens_committed=sum(committed), num_requests=len(batch), step_seconds=seconds,
+            running=len(self.scheduler.running), waiting=len(self.scheduler.waiting),
+            kv_pages_used=self.kv.num_used, kv_pages_free=self.kv.num_free, kv_pages_cached=self.kv.num_cached,
+            per_request_tokens=committed)
+
+    def is_finished(self, req: Request) -> bool:
+        return req.status == Status.FINISHED

@@ -1,0 +1,140 @@
+"""Scheduler: admits waiting requests by request count, token budget and free KV pages, batches every
+running request into one ragged forward per step, preempts the newest when pages run out, and settles
+each request after the step (pages stored, prefix pages registered, finished requests freed)."""
+from collections import deque
+from dataclasses import dataclass
+
+from dlx.engine.kv_manager import KVCacheManager, chain_hash
+from dlx.engine.request import Request, Status
+
+
+@dataclass
+class StepPlan:
+    """Rows [start, end) of this request run in the forward; rows [start, store_end) are stored."""
+    start: int
+    store_end: int
+    end: int
+    activated: int | None
+
+
+class Scheduler:
+    def __init__(self, kv: KVCacheManager, max_num_reqs: int, max_num_batched_tokens: int,
+                 buffer_size: int, add_block_threshold: float):
+        self.kv = kv
+        self.max_num_reqs, self.token_budget = max_num_reqs, max_num_batched_tokens
+        self.buffer_size, self.add_block_threshold = buffer_size, add_block_threshold
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.plans: dict[str, StepPlan] = {}
+        self.num_preemptions = 0
+        self.prefix_hit_tokens = 0
+
+    def add(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def abort(self, rid: str) -> Request | None:
+        for req in list(self.waiting) + self.running:
+            if req.rid == rid:
+                if req in self.waiting:
+                    self.waiting.remove(req)
+                else:
+                    self.running.remove(req)
+                self.release(req)
+                req.finish("abort", req.generated()[:req.stable_len()])
+                return req
+        return None
+
+    def schedule(self) -> list[Request]:
+        """Choose this step's batch; every chosen request has its pages and a StepPlan."""
+        self.plans.clear()
+        batch, budget = [], self.token_budget
+        for req in list(self.running):
+            if req not in self.running:
+                continue  # preempted while making room for an older request
+            plan = self.plan(req)
+            if plan.end - plan.start > budget:
+                req.undo_activation(plan.activated)
+                continue
+            if not self.reserve_pages(req, plan, batch):
+                continue
+            batch.append(req)
+            self.plans[req.rid] = plan
+            budget -= plan.end - plan.start
+        while self.waiting and len(self.running) < self.max_num_reqs:
+            req = self.waiting[0]
+            if not req.pages:
+                req.pages, req.page_hashes = self.kv.match_prefix(req.tokens, req.done_prefix_len())
+                req.stored = len(req.pages) * self.kv.page_size
+                self.prefix_hit_tokens += req.stored
+            plan = self.plan(req)
+            pages = self.kv.allocate(self.pages_needed(req, plan))
+            if plan.end - plan.start > budget or pages is None:
+                self.kv.free(pages or [])
+                req.undo_activation(plan.activated)
+                break   # first come, first served: no overtaking
+            req.pages += pages
+            self.waiting.popleft()
+            self.running.append(req)
+            req.status = Status.RUNNING
+            batch.append(req)
+            self.plans[req.rid] = plan
+            budget -= plan.end - plan.start
+        return batch
+
+    def plan(self, req: Request) -> StepPlan:
+        activated = req.activate_next_block(self.buffer_size, self.add_block_threshold)
+        return StepPlan(req.stored, req.store_end(), req.forward_end(), activated)
+
+    def pages_needed(self, req: Request, plan: StepPlan) -> int:
+        return max(0, -(-plan.store_end // self.kv.page_size) - len(req.pages))
+
+    def reserve_pages(self, req: Request, plan: StepPlan, batch: list[Request]) -> bool:
+        """Allocate the pages this step stores into, preempting the newest running requests if needed."""
+        need = self.pages_needed(req, plan)
+        while (pages := self.kv.allocate(need)) is None:
+            victim = self.running[-1]
+            self.preempt(victim, batch)
+            if victim is req:
+                return False
+        req.pages += pages
+        return True
+
+    def preempt(self, req: Request, batch: list[Request]) -> None:
+        """Give back the pages; decoded tokens stay and the request resumes first in line."""
+        self.running.remove(req)
+        if req in batch:
+            batch.remove(req)
+        plan = self.plans.pop(req.rid, None)
+        req.undo_activation(plan.activated if plan else None)
+        self.release(req)
+        req.status = Status.WAITING
+        self.waiting.appendleft(req)
+        self.num_preemptions += 1
+
+    def release(self, req: Request) -> None:
+        self.kv.free(req.pages)
+        req.pages, req.page_hashes, req.stored = [], [], 0
+
+    def postprocess(self, batch: list[Request]) -> list[Request]:
+        """After the step's commits: record stored KV, register full pages, finish; returns finished."""
+        finished = []
+        for req in batch:
+            req.stored = self.plans[req.rid].store_end
+            self.register_full_pages(req)
+            req.nfe += 1
+            if req.check_finished():
+                self.running.remove(req)
+                self.release(req)
+                finished.append(req)
+        return finished
+
+    def register_full_pages(self, req: Request) -> None:
+        size = self.kv.page_size
+        while (len(req.page_hashes) + 1) * size <= req.stored:
+            i = len(req.page_hashes)
+            digest = chain_hash(req.page_hashes[-1] if req.page_hashes else None, req.tokens[i * size:(i + 1) * size])
+            self.kv.register(req.pages[i], digest)
+            req.page_hashes.append(digest)
