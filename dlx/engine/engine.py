@@ -68,6 +68,7 @@ class LLMEngine:
         self.sampler = Sampler(self.mask_id, cfg.accept_threshold, cfg.semi_complete_threshold,
                                cfg.edit_threshold, cfg.max_post_edit_steps)
         self.last_metrics = StepMetrics()
+        self.last_finished: dict[str, Request] = {}   # requests that finished in the latest step
 
     def default_num_pages(self) -> int:
         page_bytes = ModelRunner.page_bytes(self.model, self.cfg.page_size)
@@ -106,11 +107,13 @@ class LLMEngine:
         positions = [self.sampler.logit_positions(req) for req in batch]
         logits = self.runner.run(batch, self.scheduler.plans, positions)
         committed = [self.sampler.apply(req, pos, lg) for req, pos, lg in zip(batch, positions, logits)]
-        finished = set(r.rid for r in self.scheduler.postprocess(batch))
+        self.last_finished = {r.rid: r for r in self.scheduler.postprocess(batch)}
+        finished = set(self.last_finished)
         now = time.monotonic()
         outputs = []
         for req in batch:
             req.first_scheduled = req.first_scheduled or started_at
+            req.first_step_done = req.first_step_done or now
             if req.first_token_time is None and req.stable_len() > 0:
                 req.first_token_time = now
             outputs.append(self.snapshot(req, req.rid in finished))

@@ -1,0 +1,134 @@
+"""The frontend's line to the engine: claims one channel per data-parallel group, routes each request to
+the least busy group, and fans engine events out to per-request queues (gevent-friendly, no threads)."""
+import time
+import uuid
+
+import gevent
+from gevent.queue import Empty, Queue
+
+from dlx.ipc import ChannelSet, IpcError, PeerDead, process_alive
+from dlx.ipc.board import StatusBoard
+
+ENGINE_WAIT_S = 30.0      # how long a new request waits for a restarting engine before a 503
+HEARTBEAT_STALE_S = 10.0
+
+
+class EngineUnavailable(Exception):
+    pass
+
+
+class RequestHandle:
+    def __init__(self, rid: str, channel):
+        self.rid, self.channel, self.events = rid, channel, Queue()
+        self.done = False
+
+    def next_event(self, timeout: float) -> dict | None:
+        try:
+            return self.events.get(timeout=timeout)
+        except Empty:
+            return None
+
+
+class EngineClient:
+    def __init__(self, runtime: dict):
+        self.prefix, self.groups = runtime["prefix"], runtime["data_parallel_size"]
+        self.board = StatusBoard.attach(self.prefix)
+        self.channels: list = []
+        self.inflight: dict[str, RequestHandle] = {}
+        self.counters: dict[str, int] = {}
+
+    def start(self) -> None:
+        """Claim channels and start the readers; called lazily in the serving process (after fork)."""
+        if self.channels:
+            return
+        self.channels = [ChannelSet.claim(f"{self.prefix}dp{g}") for g in range(self.groups)]
+        for channel in self.channels:
+            gevent.spawn(self.read_events, channel)
+
+    @property
+    def board_slot(self) -> int:
+        return 1 + self.groups + self.channels[0].index
+
+    def submit(self, prompt: list[int], params: dict) -> RequestHandle:
+        self.start()
+        channel = self.pick_channel()
+        handle = RequestHandle(uuid.uuid4().hex, channel)
+        self.inflight[handle.rid] = handle
+        try:
+            channel.send({"type": "generate", "rid": handle.rid, "prompt": prompt, "params": params}, timeout=10.0)
+        except IpcError as exc:
+            self.inflight.pop(handle.rid, None)
+            raise EngineUnavailable(f"the engine did not take the request ({exc})") from exc
+        return handle
+
+    def pick_channel(self):
+        deadline = time.monotonic() + ENGINE_WAIT_S
+        while True:
+            alive = [c for c in self.channels if c.peer_alive() and self.group_ready(self.channels.index(c))]
+            if alive:
+                load = {id(c): 0 for c in alive}
+                for h in self.inflight.values():
+                    if id(h.channel) in load:
+                        load[id(h.channel)] += 1
+                return min(alive, key=lambda c: load[id(c)])
+            if time.monotonic() > deadline:
+                raise EngineUnavailable("the engine is not available (starting or restarting); retry later")
+            gevent.sleep(0.25)
+
+    def abort(self, handle: RequestHandle) -> None:
+        if handle.done:
+            return
+        handle.done = True
+        self.inflight.pop(handle.rid, None)
+        try:
+            handle.channel.send({"type": "abort", "rid": handle.rid}, timeout=1.0)
+        except IpcError:
+            pass   # the engine is gone; it has forgotten the request already
+
+    def finish(self, handle: RequestHandle) -> None:
+        handle.done = True
+        self.inflight.pop(handle.rid, None)
+
+    def read_events(self, channel) -> None:
+        while True:
+            try:
+                msg = channel.recv(timeout=1.0)
+            except PeerDead:
+                self.fail_channel(channel, "an engine worker died; the request was aborted")
+                gevent.sleep(0.5)
+                continue
+            except IpcError:
+                gevent.sleep(0.5)
+                continue
+            if msg is None:
+                continue
+            handle = self.inflight.get(msg.get("rid"))
+            if handle is not None:
+                handle.events.put(msg)
+
+    def fail_channel(self, channel, message: str) -> None:
+        for handle in [h for h in self.inflight.values() if h.channel is channel]:
+            handle.events.put({"type": "error", "rid": handle.rid, "message": message, "code": 500})
+            self.inflight.pop(handle.rid, None)
+
+    # ---- health and metrics -----------------------------------------------------------------------
+    def group_ready(self, group: int) -> bool:
+        control = self.board.read(0) or {}
+        rec = self.board.read(1 + group) or {}
+        return (control.get("state") == "ready" and rec.get("generation") == control.get("generation")
+                and rec.get("ready", False) and process_alive(rec.get("pid", 0))
+                and time.time() - rec.get("heartbeat", 0) < HEARTBEAT_STALE_S)
+
+    def healthy(self) -> bool:
+        return all(self.group_ready(g) for g in range(self.groups))
+
+    def count(self, status: str) -> None:
+        self.counters[status] = self.counters.get(status, 0) + 1
+        if self.channels:
+            self.board.write(self.board_slot, {"pid": 0, "requests": self.counters})
+
+    def engine_records(self) -> list[dict]:
+        return [self.board.read(1 + g) or {} for g in range(self.groups)]
+
+    def frontend_records(self) -> list[dict]:
+        return [r for r in (self.board.read(i) for i in range(1 + self.groups, self.board.slots)) if r]

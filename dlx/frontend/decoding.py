@@ -1,0 +1,69 @@
+"""Turns one request's engine events into text: the denoising buffer, the stable prefix detokenized
+incrementally, stop strings (the frontend holds the tokenizer, so it ends requests on them), the result."""
+from dlx.frontend.detokenizer import IncrementalDetokenizer, find_stop, render_snapshot, safe_prefix_len
+
+
+class Decoding:
+    def __init__(self, tokenizer, mask_id: int, stops: list[str], prompt_tokens: int):
+        self.tokenizer, self.mask_id, self.stops = tokenizer, mask_id, stops
+        self.mask_text = tokenizer.mask_token or "<|mask|>"
+        self.prompt_tokens = prompt_tokens
+        self.region: list[int] = []   # generated region so far, masks included
+        self.stable = 0
+        self.nfe = 0
+        self.detok = IncrementalDetokenizer(tokenizer)
+        self.stable_text = ""
+        self.emitted = ""              # block_append text already sent
+        self.emitted_tokens = 0
+        self.finished = False
+        self.finish_reason: str | None = None
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.timing: dict = {}
+        self.stopped_by_string = False
+
+    def update(self, msg: dict) -> None:
+        """Apply one `step` event."""
+        self.region = self.region[:msg["offset"]] + list(msg["tokens"])
+        self.stable, self.nfe = msg["stable"], msg["nfe"]
+        if msg["finished"]:
+            self.finish(self.region, msg["reason"], msg.get("timing", {}))
+            return
+        self.stable_text += self.detok.push(self.region[:self.stable])
+        if self.stops and find_stop(self.stable_text, self.stops, 0) is not None:
+            self.finish(self.region[:self.stable], "stop", {})
+            self.stopped_by_string = True
+
+    def finish(self, tokens: list[int], reason: str, timing: dict) -> None:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = find_stop(text, self.stops, 0) if self.stops else None
+        if cut is not None:
+            text, reason = text[:cut], "stop"
+            keep = len(tokens)
+            while keep and len(self.tokenizer.decode(tokens[:keep], skip_special_tokens=True)) > cut:
+                keep -= 1
+            tokens = tokens[:keep]
+        self.finished, self.finish_reason, self.timing = True, reason, timing
+        self.token_ids, self.text = list(tokens), text
+        self.stable_text = text
+
+    def snapshot_text(self) -> str:
+        return render_snapshot(self.tokenizer, self.region, self.mask_id, self.mask_text)
+
+    def new_stable_text(self) -> tuple[str, list[int], int]:
+        """Stable text not yet sent (held back where it might start a stop string), its tokens, their offset."""
+        if self.finished:
+            text = self.text[len(self.emitted):] if self.text.startswith(self.emitted) else ""
+            tokens, offset = self.token_ids[self.emitted_tokens:], self.emitted_tokens
+        else:
+            limit = safe_prefix_len(self.stable_text, self.stops) if self.stops else len(self.stable_text)
+            text = self.stable_text[len(self.emitted):limit]
+            tokens, offset = self.region[self.emitted_tokens:self.stable], self.emitted_tokens
+        self.emitted += text
+        self.emitted_tokens += len(tokens)
+        return text, tokens, offset
+
+    def usage(self) -> dict:
+        completion = len(self.token_ids)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}

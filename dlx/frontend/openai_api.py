@@ -1,0 +1,81 @@
+"""OpenAI-compatible `/v1/chat/completions` and `/v1/completions`: standard objects and chunk streams
+(role chunk first, finish reason, optional usage chunk), with denoising snapshots as an extension."""
+import time
+
+from flask import Flask
+
+from dlx.frontend.server import ClientGone
+from dlx.frontend.schemas import parse_chat, parse_completion
+from dlx.frontend.sse import SSE_DONE, chat_chunk, completion_chunk, finish_reason_openai, openai_error_frame, usage_chunk
+
+
+def register(app: Flask, server, read_json, sse) -> None:
+    @app.post("/v1/chat/completions")
+    def chat_completions():
+        return respond(server, parse_chat(read_json(), server.max_model_len, server.vocab_size), True, sse)
+
+    @app.post("/v1/completions")
+    def completions():
+        return respond(server, parse_completion(read_json(), server.max_model_len, server.vocab_size), False, sse)
+
+
+def respond(server, req, chat: bool, sse):
+    handle, decoding, _ = server.start(req)
+    rid = ("chatcmpl-" if chat else "cmpl-") + handle.rid
+    created = int(time.time())
+    if req.stream:
+        return sse(stream(server, req, handle, decoding, rid, created, chat))
+    for _ in server.events(handle, decoding):
+        pass
+    server.client.count("ok")
+    reason = finish_reason_openai(decoding.finish_reason)
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": decoding.text},
+                  "finish_reason": reason, "logprobs": None}
+    else:
+        choice = {"index": 0, "text": decoding.text, "finish_reason": reason, "logprobs": None}
+    return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+            "model": server.model_name, "choices": [choice], "usage": decoding.usage(),
+            "nfe": decoding.nfe, "timing": decoding.timing}
+
+
+def stream(server, req, handle, decoding, rid: str, created: int, chat: bool):
+    model = server.model_name
+
+    def chunk(text: str, reason: str | None, snapshot: dict | None, first: bool = False) -> bytes:
+        if chat:
+            delta = {"role": "assistant", "content": text} if first else ({"content": text} if text or not reason else {})
+            return chat_chunk(rid, created, model, delta, reason, snapshot)
+        return completion_chunk(rid, created, model, text, reason, snapshot)
+
+    events = server.events(handle, decoding)
+    try:
+        if chat:
+            yield chunk("", None, None, first=True)
+        for _ in events:
+            if decoding.finished:
+                break
+            text, _, _ = decoding.new_stable_text()
+            snapshot = None
+            if req.stream_mode == "denoise":
+                snapshot = {"text": decoding.snapshot_text(), "token_ids": decoding.region, "nfe": decoding.nfe}
+            if text or snapshot:
+                yield chunk(text, None, snapshot)
+        text, _, _ = decoding.new_stable_text()
+        if text:
+            yield chunk(text, None, None)
+        final_snapshot = {"text": decoding.text, "token_ids": decoding.token_ids, "nfe": decoding.nfe} \
+            if req.stream_mode == "denoise" else None
+        yield chunk("", finish_reason_openai(decoding.finish_reason), final_snapshot)
+        if req.include_usage:
+            yield usage_chunk(rid, created, model, decoding.usage(), chat=chat)
+        server.client.count("ok")
+    except ClientGone:
+        server.client.count("aborted")
+        return
+    except RuntimeError as exc:
+        server.client.count("error")
+        yield openai_error_frame(str(exc))
+    finally:
+        events.close()
+    yield SSE_DONE

@@ -1,0 +1,107 @@
+"""Per-process frontend state: the tokenizer, the engine client, and the request lifecycle shared by
+every endpoint (tokenize → submit → wait for acceptance → follow engine events → abort on disconnect)."""
+import select
+import socket
+import time
+
+from flask import request
+
+from dlx.frontend.client import EngineClient
+from dlx.frontend.decoding import Decoding
+from dlx.frontend.schemas import RequestError, check_prompt_length
+from dlx.frontend.tokenizer import FrontendTokenizer
+
+POLL_S = 0.5
+
+
+class ClientGone(Exception):
+    """The client closed its connection; the request is aborted and nobody reads the answer."""
+
+
+def client_gone() -> bool:
+    """True once the client closed its connection (checked while we wait on the engine). gevent's socket
+    ignores MSG_DONTWAIT and would wait for data, so ask select first; a readable socket with nothing
+    to read is closed."""
+    sock = request.environ.get("gunicorn.socket")
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+class Server:
+    """Per-process state: runtime description, tokenizer, engine client."""
+
+    def __init__(self, runtime: dict):
+        self.runtime, self.config = runtime, runtime["config"]
+        self.tokenizer = FrontendTokenizer(self.config["model"])
+        self.mask_id, self.vocab_size = runtime["mask_id"], runtime["vocab_size"]
+        self.max_model_len, self.model_name = self.config["max_model_len"], self.config["model_name"]
+        self.client = EngineClient(runtime)
+        self.started = int(time.time())
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def prompt_ids(self, req) -> tuple[list[int], str]:
+        """Token ids and the prompt text of a parsed request (chat messages go through the template)."""
+        if req.messages is not None:
+            try:
+                text = self.tokenizer.apply_chat_template(req.messages)
+            except ValueError as exc:
+                raise RequestError(str(exc), "messages") from None
+            ids, field = self.encode(text), "messages"
+        elif req.prompt_token_ids is not None:
+            return req.prompt_token_ids, self.tokenizer.decode(req.prompt_token_ids)
+        else:
+            text, ids, field = req.prompt, self.encode(req.prompt), "prompt"
+        check_prompt_length(len(ids), self.max_model_len, field)
+        return ids, text
+
+    def start(self, req) -> tuple:
+        """Submit to the engine and wait for it to accept; returns (handle, decoding, prompt text)."""
+        ids, text = self.prompt_ids(req)
+        params = req.sampling.to_dict()
+        handle = self.client.submit(ids, params)
+        while True:
+            msg = handle.next_event(POLL_S)
+            if msg is None:
+                if client_gone():
+                    self.client.abort(handle)
+                    raise ClientGone()
+                continue
+            if msg["type"] == "error":
+                self.client.finish(handle)
+                raise RequestError(msg["message"], None, msg.get("code", 500),
+                                   "overloaded" if msg.get("code") == 429 else
+                                   ("invalid_request_error" if msg.get("code", 500) < 500 else "server_error"))
+            if msg["type"] == "accepted":
+                return handle, Decoding(self.tokenizer, self.mask_id, req.sampling.stop, len(ids)), text
+
+    def events(self, handle, decoding: Decoding):
+        """Yield after every engine event until the request is finished; aborts if the client leaves."""
+        try:
+            while not decoding.finished:
+                msg = handle.next_event(POLL_S)
+                if msg is None:
+                    if client_gone():
+                        raise ClientGone()
+                    continue
+                if msg["type"] == "error":
+                    raise RuntimeError(msg["message"])
+                if msg["type"] == "step":
+                    decoding.update(msg)
+                    yield msg
+        finally:
+            if decoding.finished and not decoding.stopped_by_string:
+                self.client.finish(handle)
+            else:
+                self.client.abort(handle)
+
+    def generate_response(self, rid: str, decoding: Decoding, prompt_text: str) -> dict:
+        return {"id": rid, "text": decoding.text, "token_ids": decoding.token_ids, "nfe": decoding.nfe,
+                "finish_reason": decoding.finish_reason, "full_text": prompt_text + decoding.text,
+                "usage": decoding.usage(), "timing": decoding.timing}

@@ -1,0 +1,168 @@
+"""Engine leader loop: drain the request rings → engine step → write token snapshots to the frontend
+that owns each request; publishes liveness and metrics on the status board. Never spins while idle."""
+import os
+import time
+from collections.abc import Callable
+
+from dlx.engine.engine import LLMEngine, StepOutput
+from dlx.engine.sampling_params import SamplingParams
+from dlx.ipc import ChannelSet, IpcError
+from dlx.ipc.board import StatusBoard
+from dlx.workers.metrics import EngineMetrics
+
+IDLE_WAIT_S = 0.5
+SEND_TIMEOUT_S = 10.0
+PARAM_KEYS = ("temperature", "top_p", "top_k", "seed", "max_tokens", "stop_token_ids", "max_nfe",
+              "max_repetition_run", "ignore_eos", "sampling_mode")
+
+
+def apply_commands(engine: LLMEngine, commands: list[dict]) -> list[tuple[dict, str | None, int]]:
+    """Apply generate/abort commands to an engine; returns (command, error message, code) per generate.
+    Tensor-parallel followers call this with the same commands, so their engines stay identical."""
+    results = []
+    for cmd in commands:
+        if cmd["type"] == "abort":
+            engine.abort(cmd["rid"])
+            continue
+        if len(engine.scheduler.waiting) >= engine.cfg.max_waiting_requests:
+            results.append((cmd, "the server is overloaded: too many waiting requests; retry later", 429))
+            continue
+        try:
+            params = SamplingParams(**{k: v for k, v in cmd["params"].items() if k in PARAM_KEYS})
+            engine.add_request(cmd["prompt"], params, rid=cmd["rid"])
+            results.append((cmd, None, 200))
+        except (ValueError, TypeError) as exc:
+            results.append((cmd, str(exc), 400))
+    return results
+
+
+class Leader:
+    def __init__(self, engine: LLMEngine, channels: ChannelSet, board: StatusBoard, slot: int,
+                 generation: int, sync: Callable[[list[dict] | None], None] | None = None):
+        self.engine, self.channels, self.board, self.slot = engine, channels, board, slot
+        self.generation, self.sync = generation, sync
+        self.owner: dict[str, int] = {}              # request id → channel index
+        self.sent: dict[str, tuple[int, list[int]]] = {}  # request id → (stable length, region) last sent
+        self.internal_aborts: list[dict] = []
+        self.metrics = EngineMetrics()
+        self.parent = os.getppid()
+        self.last_publish = 0.0
+
+    def run(self) -> None:
+        for channel in self.channels.channels:   # requests queued for a previous engine are stale
+            channel.requests.discard_pending()
+        self.publish(force=True)
+        try:
+            while not self.should_stop():
+                if not self.engine.has_work():
+                    self.channels.ready(IDLE_WAIT_S)
+                commands = self.drain() + self.internal_aborts
+                self.internal_aborts = []
+                if commands or self.engine.has_work():
+                    if self.sync:
+                        self.sync(commands)
+                    self.answer(apply_commands(self.engine, commands))
+                    if self.engine.has_work():
+                        self.step()
+                self.publish(force=not self.engine.has_work())
+        finally:
+            if self.sync:
+                self.sync(None)   # followers stop too
+
+    def should_stop(self) -> bool:
+        control = self.board.read(0) or {}
+        return control.get("stop", False) or os.getppid() != self.parent
+
+    def drain(self) -> list[dict]:
+        commands = []
+        for channel in self.channels.channels:
+            while channel.has_incoming():
+                try:
+                    msg = channel.recv(timeout=0)
+                except IpcError:
+                    break
+                if msg is None:
+                    break
+                if msg.get("type") == "generate":
+                    self.owner[msg["rid"]] = channel.index
+                    commands.append(msg)
+                elif msg.get("type") == "abort" and msg.get("rid") in self.owner:
+                    commands.append({"type": "abort", "rid": msg["rid"]})
+        return commands
+
+    def answer(self, results: list[tuple[dict, str | None, int]]) -> None:
+        for cmd, error, code in results:
+            if error is None:
+                self.send(cmd["rid"], {"type": "accepted", "rid": cmd["rid"]})
+            else:
+                self.send(cmd["rid"], {"type": "error", "rid": cmd["rid"], "message": error, "code": code})
+                self.forget(cmd["rid"])
+        for rid in [r for r in self.owner if r not in self.live_ids()]:
+            self.forget(rid)   # aborted by the frontend
+
+    def live_ids(self) -> set[str]:
+        return {r.rid for r in list(self.engine.scheduler.waiting) + self.engine.scheduler.running}
+
+    def step(self) -> None:
+        started = time.perf_counter()
+        outputs = self.engine.step()
+        self.metrics.record_step(time.perf_counter() - started, self.engine.last_metrics)
+        for out in outputs:
+            if out.finished:
+                self.metrics.record_finish(out)
+            self.send_output(out)
+
+    def send_output(self, out: StepOutput) -> None:
+        last_stable, last_region = self.sent.get(out.rid, (0, None))
+        if not out.finished and out.token_ids == last_region:
+            return   # nothing changed for this request in this step
+        msg = {"type": "step", "rid": out.rid, "offset": last_stable, "tokens": out.token_ids[last_stable:],
+               "stable": out.stable_len, "nfe": out.nfe, "finished": out.finished}
+        if out.finished:
+            msg.update(reason=out.finish_reason, timing=self.timing(out))
+        self.sent[out.rid] = (out.stable_len, out.token_ids)
+        self.send(out.rid, msg)
+        if out.finished:
+            self.forget(out.rid)
+
+    def timing(self, out: StepOutput) -> dict:
+        req = self.engine.last_finished.get(out.rid)
+        if req is None:
+            return {}
+        total = max(req.finished_time - (req.first_scheduled or req.arrival), 1e-9)
+        first = req.first_step_done or req.finished_time
+        return {"queue_s": (req.first_scheduled or req.arrival) - req.arrival,
+                "prefill_s": first - (req.first_scheduled or req.arrival),
+                "decode_s": req.finished_time - first,
+                "tokens_per_s": len(out.output) / total,
+                "tokens_per_forward": len(out.output) / max(out.nfe, 1)}
+
+    def send(self, rid: str, msg: dict) -> None:
+        index = self.owner.get(rid)
+        if index is None:
+            return
+        try:
+            self.channels.channels[index].send(msg, timeout=SEND_TIMEOUT_S)
+        except IpcError:
+            # The frontend is gone or stuck: abort everything it owns (through the command path,
+            # so tensor-parallel followers abort too).
+            for other, owner in list(self.owner.items()):
+                if owner == index:
+                    self.internal_aborts.append({"type": "abort", "rid": other})
+                    self.forget(other)
+
+    def forget(self, rid: str) -> None:
+        self.owner.pop(rid, None)
+        self.sent.pop(rid, None)
+
+    def publish(self, force: bool = False) -> None:
+        """Liveness and metrics for /health and /metrics: at most every 0.1 s while busy, and when idle."""
+        now = time.time()
+        if not force and now - self.last_publish < 0.1:
+            return
+        self.last_publish = now
+        gauges = {"running": len(self.engine.scheduler.running), "waiting": len(self.engine.scheduler.waiting),
+                  "kv_pages_used": self.engine.kv.num_used, "kv_pages_free": self.engine.kv.num_free,
+                  "kv_pages_cached": self.engine.kv.num_cached}
+        self.board.write(self.slot, {"pid": os.getpid(), "generation": self.generation, "ready": True,
+                                     "heartbeat": now, "gauges": gauges, **self.metrics.snapshot()})

@@ -1,0 +1,69 @@
+"""One worker process: joins its data-parallel group's torch.distributed world (gloo on CPU, NCCL on GPU),
+loads its tensor-parallel shard, then leads (rank 0) or follows the leader's commands step by step."""
+import datetime
+import signal
+
+import torch
+import torch.distributed as dist
+
+from dlx.config import Config
+from dlx.engine.engine import LLMEngine
+from dlx.ipc import ChannelSet
+from dlx.ipc.board import StatusBoard
+from dlx.models.parallel import set_tensor_parallel
+from dlx.workers.leader import Leader, apply_commands
+
+# Idle followers block in a gloo broadcast until the leader has work; that wait must never time out.
+CONTROL_TIMEOUT = datetime.timedelta(days=365)
+
+
+def leader_slot(group: int) -> int:
+    """Board slot of data-parallel group `group`'s leader (slot 0 is the launcher's control record)."""
+    return 1 + group
+
+
+def channel_prefix(prefix: str, group: int) -> str:
+    return f"{prefix}dp{group}"
+
+
+def worker_main(tp_rank: int, group: int, cfg_dict: dict, prefix: str, port: int, generation: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the launcher decides when workers stop
+    cfg = Config(**cfg_dict)
+    tp = cfg.tensor_parallel_size
+    torch.set_num_threads(max(1, torch.get_num_threads() // max(1, tp * cfg.data_parallel_size)))
+    if cfg.device == "cuda":
+        torch.cuda.set_device(cfg.gpu_ids(torch.cuda.device_count())[group * tp + tp_rank])
+    control = None
+    if tp > 1:
+        backend = "nccl" if cfg.device == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=tp_rank, world_size=tp)
+        control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT) if backend == "nccl" else dist.group.WORLD
+        set_tensor_parallel(dist.group.WORLD, tp_rank, tp)
+    try:
+        engine = LLMEngine(cfg)
+        if tp_rank == 0:
+            board = StatusBoard.attach(prefix)
+            channels = ChannelSet.attach(channel_prefix(prefix, group))
+            sync = (lambda commands: dist.broadcast_object_list([commands], src=0, group=control)) if tp > 1 else None
+            try:
+                Leader(engine, channels, board, leader_slot(group), generation, sync).run()
+            finally:
+                channels.close()
+                board.close()
+        else:
+            follow(engine, control)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def follow(engine: LLMEngine, control) -> None:
+    """Mirror the leader: same commands, same steps, so every collective inside the model lines up."""
+    while True:
+        box = [None]
+        dist.broadcast_object_list(box, src=0, group=control)
+        if box[0] is None:
+            return
+        apply_commands(engine, box[0])
+        if engine.has_work():
+            engine.step()

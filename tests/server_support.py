@@ -1,0 +1,71 @@
+"""Starts and stops real dlx servers (`python launch.py …`) on loopback ports for tests."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+
+from tests_support import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ServerProcess:
+    def __init__(self, model_dir: str, *flags: str, startup_timeout: float = 180.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = os.path.join("/tmp", f"dlx-test-server-{self.port}.log")
+        self.log = open(self.log_path, "w")
+        cmd = [sys.executable, "launch.py", "--model", model_dir, "--device", "cpu", "--port", str(self.port),
+               "--max-model-len", "256", "--frontend-workers", "2", *flags]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_healthy(startup_timeout)
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"server not healthy after {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()[-6000:]
+
+    def shm_entries(self) -> list[str]:
+        return [n for n in os.listdir("/dev/shm") if n.startswith(f"dlx_{self.proc.pid}_")]
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+    def descendants(self) -> list[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+
+def sse_events(response) -> list:
+    """Parse an SSE body into JSON objects (and the string '[DONE]')."""
+    import json
+    events = []
+    for line in response.iter_lines(decode_unicode=True):
+        if line and line.startswith("data: "):
+            payload = line[len("data: "):]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
