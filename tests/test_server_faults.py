@@ -1,0 +1,122 @@
+"""Faults and load against a real server: client disconnects free KV pages, a killed worker gives error
+frames then recovery, 200 concurrent streams all finish, an idle server sleeps, SIGTERM leaves no shm."""
+import json
+import os
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from server_support import ServerProcess, sse_events
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir):
+    srv = ServerProcess(tiny_dir, "--max-num-reqs", "64")
+    yield srv
+    assert srv.stop() == 0, srv.output()
+    assert srv.shm_entries() == []
+    assert srv.descendants() == []
+
+
+def metric(server, name: str) -> float:
+    for line in requests.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(name)
+
+
+def wait_for(predicate, timeout: float = 30.0, every: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+LONG = {"prompt": list(range(10, 110)), "temperature": 0, "max_tokens": 150, "ignore_eos": True}
+
+
+def test_stream_disconnect_frees_kv_pages(server):
+    r = requests.post(server.url + "/generate", json={**LONG, "stream": True}, stream=True)
+    lines = r.iter_lines()
+    next(lines)
+    assert wait_for(lambda: metric(server, "dlx_kv_pages_used") > 0, 10)
+    r.close()   # the client goes away mid-stream
+    assert wait_for(lambda: metric(server, "dlx_kv_pages_used") == 0 and metric(server, "dlx_requests_running") == 0, 20)
+
+
+def test_non_streaming_disconnect_frees_kv_pages(server):
+    body = json.dumps(LONG).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert wait_for(lambda: metric(server, "dlx_requests_running") > 0, 10)
+    assert wait_for(lambda: metric(server, "dlx_kv_pages_used") == 0 and metric(server, "dlx_requests_running") == 0, 20)
+
+
+def stream_one(url: str, i: int) -> tuple[bool, bool]:
+    r = requests.post(url + "/generate", json={"prompt": f"request {i}: hello", "temperature": 0, "max_tokens": 12,
+                                               "stream": True, "stream_mode": ["denoise", "block_append"][i % 2]},
+                      stream=True, timeout=300)
+    events = sse_events(r)
+    return events[-1] == "[DONE]", any(isinstance(e, dict) and e.get("event") == "final" for e in events)
+
+
+@pytest.mark.slow
+def test_two_hundred_concurrent_streams_all_finish(server):
+    with ThreadPoolExecutor(200) as pool:
+        results = list(pool.map(lambda i: stream_one(server.url, i), range(200)))
+    assert results == [(True, True)] * 200
+    assert wait_for(lambda: metric(server, "dlx_kv_pages_used") == 0, 20)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_server_does_not_spin(server):
+    time.sleep(2)   # let the last request's stragglers settle
+    pids = [server.proc.pid] + server.descendants()
+    before = cpu_seconds(pids)
+    time.sleep(5)
+    used = cpu_seconds(pids) - before
+    assert used < 0.02 * 5, f"idle server processes used {used:.2f} CPU-seconds in 5 s"
+
+
+def worker_pids(server) -> list[int]:
+    pids = []
+    for pid in server.descendants():
+        try:
+            if b"multiprocessing" in open(f"/proc/{pid}/cmdline", "rb").read():
+                pids.append(pid)
+        except FileNotFoundError:
+            pass
+    return pids
+
+
+def test_killed_worker_fails_requests_then_recovers(server):
+    r = requests.post(server.url + "/generate", json={**LONG, "max_tokens": 200, "stream": True}, stream=True, timeout=120)
+    lines = r.iter_lines()
+    next(lines)
+    for pid in worker_pids(server):
+        os.kill(pid, signal.SIGKILL)
+    rest = [line for line in lines if line]
+    assert rest[-1] == b"data: [DONE]"
+    assert any(b'"event":"error"' in line for line in rest)
+    saw_unhealthy = wait_for(lambda: requests.get(server.url + "/health").status_code == 503, 10, every=0.02)
+    assert saw_unhealthy
+    assert wait_for(lambda: requests.get(server.url + "/health").status_code == 200, 180, every=0.5)
+    ok = requests.post(server.url + "/generate", json={"prompt": "hello", "temperature": 0, "max_tokens": 8})
+    assert ok.status_code == 200 and ok.json()["finish_reason"] in ("stop", "length")
