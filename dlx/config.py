@@ -115,7 +115,9 @@ class Config:
         if self.max_model_len is None:
             self.max_model_len = min(4096, limit) // self.block_size * self.block_size
         if self.max_model_len > limit:
-            raise ConfigError(f"--max-model-len {self.max_model_len} exceeds the model's max_position_embeddings ({limit})")
+            self.warnings.append(f"--max-model-len {self.max_model_len} exceeds the model's max_position_embeddings; "
+                                 f"using {limit // self.block_size * self.block_size}")
+            self.max_model_len = limit // self.block_size * self.block_size
         if self.max_model_len % self.block_size or self.max_model_len < 2 * self.block_size:
             raise ConfigError(f"--max-model-len {self.max_model_len} must be a multiple of --block-size "
                               f"{self.block_size} and at least two blocks")

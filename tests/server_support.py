@@ -13,13 +13,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class ServerProcess:
-    def __init__(self, model_dir: str, *flags: str, startup_timeout: float = 180.0):
+    def __init__(self, model_dir: str, *flags: str, startup_timeout: float = 180.0, test_defaults: bool = True):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join("/tmp", f"dlx-test-server-{self.port}.log")
         self.log = open(self.log_path, "w")
-        cmd = [sys.executable, "launch.py", "--model", model_dir, "--device", "cpu", "--port", str(self.port),
-               "--max-model-len", "256", "--frontend-workers", "2", *flags]
+        defaults = ["--device", "cpu", "--max-model-len", "256", "--frontend-workers", "2"] if test_defaults else []
+        cmd = [sys.executable, "launch.py", "--model", model_dir, "--port", str(self.port), *defaults, *flags]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_healthy(startup_timeout)
 

@@ -11,9 +11,16 @@ import requests
 from server_support import ServerProcess, sse_events
 
 
+SEED_FLAGS = ("--model-name llada2_mini --decoding-strategy multi_bd --sampling-mode naive --tensor-parallel-size 1 "
+              "--data-parallel-size 1 --max-model-len 4096 --max-num-batched-tokens 4096 --max-num-reqs 1 "
+              "--block-size 32 --buffer-size 1 --page-size 32 --gpu-memory-utilization 0.45 "
+              "--attn-impl triton_grouped --host 127.0.0.1").split()
+
+
 @pytest.fixture(scope="module")
 def server(tiny_dir):
-    srv = ServerProcess(tiny_dir, "--model-name", "llada2_mini", "--max-request-bytes", "20000")
+    """Started with the seed's own launch flags, flag for flag (GPU choices fall back to the CPU)."""
+    srv = ServerProcess(tiny_dir, *SEED_FLAGS, "--max-request-bytes", "200000", test_defaults=False)
     yield srv
     assert srv.stop() == 0
     assert srv.shm_entries() == []
@@ -121,6 +128,11 @@ def test_chat_denoise_extension_and_parts(server):
     assert events[-1] == "[DONE]"
 
 
+def test_cpu_fallback_is_one_warning_line(server):
+    warnings = [line for line in server.output().splitlines() if line.startswith("dlx: warning")]
+    assert len(warnings) == 1 and "CPU" in warnings[0]
+
+
 def test_models_health_metrics(server):
     assert requests.get(server.url + "/health").status_code == 200
     models = requests.get(server.url + "/v1/models").json()
@@ -139,7 +151,7 @@ BAD = [
     ("/generate", {"prompt": "x", "temperature": -1}, "temperature"),
     ("/generate", {"prompt": "x", "max_tokens": "ten"}, "max_tokens"),
     ("/generate", {"prompt": [1, 2, 10 ** 7]}, "prompt"),
-    ("/generate", {"prompt": "word " * 400}, "prompt"),
+    ("/generate", {"prompt": "word " * 5000}, "prompt"),
     ("/generate", {"prompt": "x", "top_p": 0}, "top_p"),
     ("/generate", {"prompt": "x", "stream_mode": "sideways"}, "stream_mode"),
     ("/generate", [1, 2], None),
@@ -163,7 +175,7 @@ def test_bad_input_gets_400_naming_the_field(server, path, body, field):
 
 
 def test_other_http_errors_use_the_error_shape(server):
-    r = requests.post(server.url + "/generate", data=b"x" * 30000, headers={"Content-Type": "application/json"})
+    r = requests.post(server.url + "/generate", data=b"x" * 300000, headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == 413
     assert requests.get(server.url + "/nope").json()["error"]["code"] == 404
     assert requests.get(server.url + "/generate").status_code == 405

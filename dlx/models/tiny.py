@@ -32,7 +32,7 @@ def tiny_llada2_config(vocab_size: int, eos_id: int, dtype: str) -> dict:
         "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128,
         "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
         "hidden_act": "silu", "use_qkv_bias": False, "use_bias": False, "use_qk_norm": True,
-        "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "max_position_embeddings": 4096,
         "rope_theta": 600000.0, "partial_rotary_factor": 0.5,
         "num_experts": 8, "num_experts_per_tok": 2, "num_shared_experts": 1, "n_group": 4,
         "topk_group": 2, "moe_intermediate_size": 32, "first_k_dense_replace": 1,
@@ -63,7 +63,7 @@ def write_tiny_llada2(out_dir: str, seed: int = 0, shards: int = 1, dtype: str =
     """eos_boost > 0 raises the EOS logit everywhere, so tests can exercise stopping (1.0: about a third
     of random prompts stop early); the default checkpoint rarely emits EOS."""
     os.makedirs(out_dir, exist_ok=True)
-    vocab = build_tokenizer(out_dir, tiny_corpus(seed), vocab_size=384, model_max_length=2048)
+    vocab = build_tokenizer(out_dir, tiny_corpus(seed), vocab_size=384, model_max_length=4096)
     raw = tiny_llada2_config(vocab, token_id(out_dir, EOS_TOKEN), dtype)
     cfg = LLaDA2Config.from_hf(raw)
     shapes = checkpoint_shapes(cfg)

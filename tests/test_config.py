@@ -1,0 +1,47 @@
+"""Start-up validation: bad flag combinations fail with one clear sentence before anything is spawned."""
+import subprocess
+import sys
+
+import pytest
+
+from dlx.config import Config, ConfigError
+from server_support import ROOT
+
+
+def finalize(tiny_dir, **kw):
+    return Config(model=tiny_dir, **kw).finalize(cuda_available=False)
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"block_size": 24}, "--block-size 24 must divide --page-size 32"),
+    ({"tensor_parallel_size": 3}, "--tensor-parallel-size 3 must divide the 4 attention heads"),
+    ({"max_model_len": 100}, "must be a multiple of --block-size"),
+    ({"max_num_batched_tokens": 64}, "--max-num-batched-tokens 64 must be at least --max-model-len"),
+    ({"sampling_mode": "greedy"}, "--sampling-mode must be one of naive, edit"),
+    ({"attn_impl": "flash"}, "--attn-impl must be one of"),
+    ({"accept_threshold": 1.5}, "--accept-threshold must be between 0 and 1"),
+    ({"use_lora": True}, "--use-lora needs --lora-path"),
+    ({"device": "cuda"}, "no CUDA GPU is visible"),
+    ({"buffer_size": 0}, "--buffer-size must be at least 1"),
+])
+def test_bad_combinations(tiny_dir, kw, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        finalize(tiny_dir, **kw)
+
+
+def test_missing_model_dir(tmp_path):
+    with pytest.raises(ConfigError, match="is not a model directory"):
+        Config(model=str(tmp_path / "nothing")).finalize(cuda_available=False)
+
+
+def test_cpu_fallback_and_clamping(tiny_dir):
+    cfg = finalize(tiny_dir, max_model_len=8192)
+    assert cfg.device == "cpu" and cfg.attn_impl == "naive" and cfg.max_model_len == 4096
+    assert len(cfg.warnings) == 2
+
+
+def test_launch_fails_fast_with_one_sentence(tiny_dir):
+    out = subprocess.run([sys.executable, "launch.py", "--model", tiny_dir, "--block-size", "24"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == "dlx: error: --block-size 24 must divide --page-size 32"

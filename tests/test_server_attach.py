@@ -1,0 +1,48 @@
+"""The second deployment form: `launch.py --no-frontend` runs the engine workers, and a plain
+`gunicorn -k gevent 'dlx.frontend.app:create_app()'` attaches to them through the runtime file."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+
+from server_support import ROOT
+from tests_support import free_port
+
+
+def test_gunicorn_attaches_to_headless_pool(tiny_dir, tmp_path):
+    runtime = str(tmp_path / "runtime.json")
+    engine = subprocess.Popen([sys.executable, "launch.py", "--model", tiny_dir, "--device", "cpu", "--no-frontend",
+                               "--runtime-file", runtime, "--max-model-len", "256"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    frontend = None
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(runtime):
+            assert engine.poll() is None and time.monotonic() < deadline, engine.stdout.read()
+            time.sleep(0.2)
+        port = free_port()
+        frontend = subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}",
+                                     "dlx.frontend.app:create_app()"], cwd=ROOT, env={**os.environ, "DLX_RUNTIME": runtime},
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        while True:
+            try:
+                if requests.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline + 60
+            time.sleep(0.3)
+        out = requests.post(url + "/generate", json={"prompt": "hello", "temperature": 0, "max_tokens": 8}).json()
+        assert out["finish_reason"] in ("stop", "length")
+    finally:
+        if frontend:
+            frontend.send_signal(signal.SIGTERM)
+            frontend.wait(30)
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(60) == 0
+    assert not os.path.exists(runtime)
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"dlx_{engine.pid}_")]
