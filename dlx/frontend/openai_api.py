@@ -59,13 +59,18 @@ def stream(server, req, handle, decoding, rid: str, created: int, chat: bool):
             snapshot = None
             if req.stream_mode == "denoise":
                 snapshot = {"text": decoding.snapshot_text(), "token_ids": decoding.region, "nfe": decoding.nfe}
+                if req.return_pieces:
+                    snapshot["pieces"] = server.pieces(decoding.region)
             if text or snapshot:
                 yield chunk(text, None, snapshot)
         text, _, _ = decoding.new_stable_text()
         if text:
             yield chunk(text, None, None)
-        final_snapshot = {"text": decoding.text, "token_ids": decoding.token_ids, "nfe": decoding.nfe} \
-            if req.stream_mode == "denoise" else None
+        final_snapshot = None
+        if req.stream_mode == "denoise":
+            final_snapshot = {"text": decoding.text, "token_ids": decoding.token_ids, "nfe": decoding.nfe}
+            if req.return_pieces:
+                final_snapshot["pieces"] = server.pieces(decoding.token_ids)
         yield chunk("", finish_reason_openai(decoding.finish_reason), final_snapshot)
         if req.include_usage:
             yield usage_chunk(rid, created, model, decoding.usage(), chat=chat)

@@ -64,6 +64,7 @@ class GenerateRequest:
     stream_mode: str = "denoise"
     include_usage: bool = False
     user: str | None = None
+    return_pieces: bool = False   # extension for the playground: per-token text in denoise snapshots
 
 
 def check_prompt_length(num_prompt_tokens: int, max_model_len: int, field: str = "prompt") -> None:
@@ -79,7 +80,7 @@ def parse_generate(body: object, max_model_len: int, vocab_size: int) -> Generat
     body = _require_object(body)
     text, ids = _prompt(body.get("prompt"), max_model_len, vocab_size, allow_wrapped=False)
     return GenerateRequest(
-        kind="generate", prompt=text, prompt_token_ids=ids,
+        kind="generate", prompt=text, prompt_token_ids=ids, return_pieces=_flag(body, "return_pieces"),
         sampling=_sampling(body, max_model_len, vocab_size, "max_tokens"), **_stream_fields(body, "denoise"))
 
 
@@ -103,7 +104,7 @@ def _openai_request(body: dict, kind: str, max_model_len: int, vocab_size: int, 
         kind=kind, model=_get(body, "model", None, _is_text, "a string"),
         sampling=_sampling(body, max_model_len, vocab_size, limit_name),
         include_usage=_flag(options, "include_usage", where="stream_options.include_usage"),
-        **_stream_fields(body, "block_append"), **inputs)
+        return_pieces=_flag(body, "return_pieces"), **_stream_fields(body, "block_append"), **inputs)
 
 
 def _stream_fields(body: dict, default_mode: str) -> dict:

@@ -43,6 +43,10 @@ class Server:
         self.client = EngineClient(runtime)
         self.started = int(time.time())
 
+    def pieces(self, token_ids: list[int]) -> list[str | None]:
+        """Each token's own text, None for masks (the playground draws one cell per token)."""
+        return [None if t == self.mask_id else self.tokenizer.decode([t], skip_special_tokens=False) for t in token_ids]
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
