@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for warning in cfg.warnings:
         print(f"dlx: warning: {warning}", file=sys.stderr)
+    from dlx.workers import torchrun
+    if torchrun.under_torchrun():
+        return torchrun.run(cfg, Runtime, run_gunicorn)
     from dlx.workers.pool import Supervisor, WorkerPool
     runtime = Runtime(cfg)
     pool = supervisor = None

@@ -26,42 +26,57 @@ def channel_prefix(prefix: str, group: int) -> str:
     return f"{prefix}dp{group}"
 
 
+def use_device(cfg: Config, global_rank: int) -> None:
+    torch.set_num_threads(max(1, torch.get_num_threads() // (cfg.tensor_parallel_size * cfg.data_parallel_size)))
+    if cfg.device == "cuda":
+        torch.cuda.set_device(cfg.gpu_ids(torch.cuda.device_count())[global_rank])
+
+
 def worker_main(tp_rank: int, group: int, cfg_dict: dict, prefix: str, port: int, generation: int) -> None:
+    """Entry point of a pool process: its own world of the group's tensor-parallel ranks."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the launcher decides when workers stop
     cfg = Config(**cfg_dict)
     tp = cfg.tensor_parallel_size
-    torch.set_num_threads(max(1, torch.get_num_threads() // max(1, tp * cfg.data_parallel_size)))
-    if cfg.device == "cuda":
-        torch.cuda.set_device(cfg.gpu_ids(torch.cuda.device_count())[group * tp + tp_rank])
-    control = None
+    use_device(cfg, group * tp + tp_rank)
+    tp_group = control = None
     if tp > 1:
         backend = "nccl" if cfg.device == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=tp_rank, world_size=tp)
-        control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT) if backend == "nccl" else dist.group.WORLD
-        set_tensor_parallel(dist.group.WORLD, tp_rank, tp)
+        tp_group = dist.group.WORLD
+        control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT) if backend == "nccl" else tp_group
     try:
-        engine = LLMEngine(cfg)
-        if tp_rank == 0:
-            board = StatusBoard.attach(prefix)
-            channels = ChannelSet.attach(channel_prefix(prefix, group))
-            sync = (lambda commands: dist.broadcast_object_list([commands], src=0, group=control)) if tp > 1 else None
-            try:
-                Leader(engine, channels, board, leader_slot(group), generation, sync).run()
-            finally:
-                channels.close()
-                board.close()
-        else:
-            follow(engine, control)
+        serve(cfg, tp_rank, group, tp_group, control, prefix, generation)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def follow(engine: LLMEngine, control) -> None:
+def serve(cfg: Config, tp_rank: int, group: int, tp_group, control, prefix: str, generation: int) -> None:
+    """Load this rank's shard, then lead the group (tp rank 0) or mirror its leader."""
+    if tp_group is not None:
+        set_tensor_parallel(tp_group, tp_rank, cfg.tensor_parallel_size)
+    engine = LLMEngine(cfg)
+    if tp_rank != 0:
+        follow(engine, control, dist.get_global_rank(control, 0))
+        return
+    board = StatusBoard.attach(prefix)
+    channels = ChannelSet.attach(channel_prefix(prefix, group))
+    sync = None
+    if tp_group is not None:
+        source = dist.get_global_rank(control, 0)
+        sync = lambda commands: dist.broadcast_object_list([commands], src=source, group=control)  # noqa: E731
+    try:
+        Leader(engine, channels, board, leader_slot(group), generation, sync).run()
+    finally:
+        channels.close()
+        board.close()
+
+
+def follow(engine: LLMEngine, control, source: int) -> None:
     """Mirror the leader: same commands, same steps, so every collective inside the model lines up."""
     while True:
         box = [None]
-        dist.broadcast_object_list(box, src=0, group=control)
+        dist.broadcast_object_list(box, src=source, group=control)
         if box[0] is None:
             return
         apply_commands(engine, box[0])

@@ -1,0 +1,47 @@
+"""`torchrun --nproc-per-node 2 launch.py …`: each torchrun process is a worker (TP 2 on gloo), rank 0 also
+serves HTTP; SIGTERM to torchrun stops every worker and leaves no shared memory behind."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from server_support import ROOT
+from tests_support import free_port
+
+
+@pytest.mark.slow
+def test_torchrun_two_workers_serve_and_stop_cleanly(tiny_dir):
+    port = free_port()
+    before = set(os.listdir("/dev/shm"))
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-port", str(free_port()), "launch.py", "--model", tiny_dir, "--device", "cpu",
+                             "--tensor-parallel-size", "2", "--max-model-len", "256", "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if requests.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        out = requests.post(url + "/generate", json={"prompt": "hello", "temperature": 0, "max_tokens": 12}).json()
+        assert out["finish_reason"] in ("stop", "length") and out["nfe"] >= 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    # torchrun itself reports the SIGTERM it received as a failure; the workers must have stopped cleanly
+    log = proc.stdout.read()
+    assert code in (0, 1) and "/dlx/" not in log and "launch.py\", line" not in log, log[-3000:]
+    assert not [n for n in set(os.listdir("/dev/shm")) - before if n.startswith("dlx_")]
