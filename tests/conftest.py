@@ -6,6 +6,8 @@ import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")   # Triton kernels run in the interpreter on CPU
 torch.set_num_threads(2)
 
 

@@ -12,6 +12,19 @@ from tests_support import free_port
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def wait_until_healthy(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """Poll GET /health until 200; False if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if requests.get(url + "/health", timeout=2).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    return False
+
+
 class ServerProcess:
     def __init__(self, model_dir: str, *flags: str, startup_timeout: float = 180.0, test_defaults: bool = True):
         self.port = free_port()
@@ -24,17 +37,8 @@ class ServerProcess:
         self.wait_healthy(startup_timeout)
 
     def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if requests.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"server not healthy after {timeout} s:\n{self.output()}")
+        if not wait_until_healthy(self.url, self.proc, timeout):
+            raise RuntimeError(f"server not healthy (exit code {self.proc.poll()}):\n{self.output()}")
 
     def output(self) -> str:
         self.log.flush()

@@ -8,7 +8,7 @@ import time
 
 import requests
 
-from server_support import ROOT
+from server_support import ROOT, wait_until_healthy
 from tests_support import free_port
 
 
@@ -28,14 +28,7 @@ def test_gunicorn_attaches_to_headless_pool(tiny_dir, tmp_path):
                                      "dlx.frontend.app:create_app()"], cwd=ROOT, env={**os.environ, "DLX_RUNTIME": runtime},
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
-        while True:
-            try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline + 60
-            time.sleep(0.3)
+        assert wait_until_healthy(url, frontend, 120)
         out = requests.post(url + "/generate", json={"prompt": "hello", "temperature": 0, "max_tokens": 8}).json()
         assert out["finish_reason"] in ("stop", "length")
     finally:

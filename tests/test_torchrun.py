@@ -4,12 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
-from server_support import ROOT
+from server_support import ROOT, wait_until_healthy
 from tests_support import free_port
 
 
@@ -23,15 +22,7 @@ def test_torchrun_two_workers_serve_and_stop_cleanly(tiny_dir):
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.5)
+        assert wait_until_healthy(url, proc, 180), proc.stdout.read()[-3000:] if proc.poll() is not None else ""
         out = requests.post(url + "/generate", json={"prompt": "hello", "temperature": 0, "max_tokens": 12}).json()
         assert out["finish_reason"] in ("stop", "length") and out["nfe"] >= 1
     finally:

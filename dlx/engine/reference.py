@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dlx.engine.sampler import filter_logits, quota
 from dlx.kernels.attention import AttentionMetadata
 
 
@@ -29,24 +30,6 @@ class DecodeResult:
     token_ids: list[int]
     nfe: int
     finish_reason: str  # "stop" (EOS) or "length"
-
-
-def quota(step: int, masked_at_start: int, steps: int) -> int:
-    """Tokens a block must commit at its `step`-th step: masked_at_start spread over `steps`, ≥ 1."""
-    scheduled = masked_at_start // steps + (1 if step < masked_at_start % steps else 0)
-    return max(1, scheduled if step < steps else 0)
-
-
-def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    if top_k > 0:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest set reaching top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
 
 
 def choose_tokens(logits: torch.Tensor, s: DecodeSettings, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:

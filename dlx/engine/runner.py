@@ -8,7 +8,8 @@ from dlx.kernels.attention import AttentionMetadata
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, block_size: int, page_size: int, num_pages: int):
+    def __init__(self, model: torch.nn.Module, block_size: int, page_size: int, num_pages: int,
+                 attn_impl: str = "naive"):
         self.model, self.block_size, self.page_size = model, block_size, page_size
         self.device = next(model.parameters()).device
         layers = model.attention_layers()
@@ -18,6 +19,7 @@ class ModelRunner:
         self.kv_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         for i, attn in enumerate(layers):
             attn.k_cache, attn.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]
+            attn.attn_impl = attn_impl
 
     @staticmethod
     def page_bytes(model: torch.nn.Module, page_size: int) -> int:

@@ -1,6 +1,6 @@
 """Paged block-diffusion attention: metadata describing a ragged batch, and the plain-PyTorch path.
 A query sees its request's cached prefix fully, and in-flight keys of its own block or earlier blocks."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -15,6 +15,9 @@ class AttentionMetadata:
     block_size: int
     query_lens: list[int]             # host copies, so the PyTorch path needs no device sync
     context_lens_host: list[int]
+    # Host-side launch values the Triton path derives once per forward (max lengths, row count),
+    # so the per-layer calls repeat no Python work and never read the device.
+    kernel_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_requests(self) -> int:
@@ -70,3 +73,19 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, posit
         probs = torch.softmax(scores, dim=-1)
         out[rows] = torch.einsum("hqk,khd->qhd", probs, values).to(q.dtype)
     return out
+
+
+ATTENTION_IMPLS = ("naive", "triton_grouped")
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                    k_cache: torch.Tensor | None, v_cache: torch.Tensor | None,
+                    meta: AttentionMetadata, scale: float, impl: str) -> torch.Tensor:
+    """Attention by `impl`: "naive" is attention_reference, "triton_grouped" the Triton kernel
+    (imported on first use, so CPU-only installs without Triton keep working)."""
+    if impl == "naive":
+        return attention_reference(q, k, v, positions, k_cache, v_cache, meta, scale)
+    if impl == "triton_grouped":
+        from dlx.kernels.attention_triton import paged_attention_triton
+        return paged_attention_triton(q, k, v, positions, k_cache, v_cache, meta, scale)
+    raise ValueError(f"unknown attention impl {impl!r}; expected one of {ATTENTION_IMPLS}")

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dlx.kernels.attention import AttentionMetadata, attention_reference
-from dlx.kernels.kv_store import store_kv_reference
+from dlx.kernels.attention import AttentionMetadata, paged_attention
+from dlx.kernels.kv_store import store_kv
 from dlx.models.layers import QKVParallelLinear, ReplicatedLinear, RMSNorm, RotaryEmbedding, \
     RowParallelLinear, SwiGLU, copy_full
 from dlx.models.moe import Router, SparseMoE
@@ -99,6 +99,7 @@ class Attention(nn.Module):
         self.rotary = rotary
         self.k_cache: torch.Tensor | None = None  # [pages, page_size, kv_heads, head_dim], set by the runner
         self.v_cache: torch.Tensor | None = None
+        self.attn_impl = "naive"                  # or "triton_grouped", set by the runner
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         qkv = self.query_key_value(x).view(len(x), -1, self.head_dim)
@@ -107,8 +108,8 @@ class Attention(nn.Module):
             q, k = self.query_layernorm(q), self.key_layernorm(k)
         q, k = self.rotary(q, positions), self.rotary(k, positions)
         if self.k_cache is not None and meta.slot_mapping is not None:
-            store_kv_reference(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-        out = attention_reference(q, k, v, positions, self.k_cache, self.v_cache, meta, self.scale)
+            store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping, self.attn_impl)
+        out = paged_attention(q, k, v, positions, self.k_cache, self.v_cache, meta, self.scale, self.attn_impl)
         return self.dense(out.reshape(len(x), -1))
 
 

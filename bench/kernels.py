@@ -1,0 +1,126 @@
+"""GPU kernel benchmarks: measured device copy bandwidth, then each kernel section measured against it.
+Sections print one table each (attention now; MoE and others are added as entries of SECTIONS)."""
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dlx.kernels.attention import AttentionMetadata, attention_reference  # noqa: E402
+
+GIB = 1 << 30
+L2_FLUSH_BYTES = 256 << 20  # larger than any current L2, so every timed run starts cold
+
+
+def time_ms(fn, iters: int = 20, graph: bool = True) -> float:
+    """Median milliseconds of fn over iters runs, CUDA events around each run, L2 flushed before each.
+    With graph, fn is captured once and replayed (how the engine runs it): no Python launch overhead."""
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    fn()  # compile / warm up outside the capture
+    torch.cuda.synchronize()
+    run = fn
+    if graph:
+        cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cuda_graph):
+            fn()
+        run = cuda_graph.replay
+    times = []
+    for _ in range(iters):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a 4 GiB device-to-device copy (bytes read + bytes written)."""
+    src = torch.empty(4 * GIB, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    src.fill_(1)
+    ms = time_ms(lambda: dst.copy_(src), iters=10, graph=False)
+    return 2 * 4 * GIB / (ms * 1e-3)
+
+
+# ---------------------------------------------------------------- attention
+HEADS, KV_HEADS, HEAD_DIM, PAGE, BLOCK, NEW_TOKENS = 16, 4, 128, 32, 32, 32  # LLaDA2.0-mini, one GPU
+
+
+def attention_batch(num_requests: int, context_len: int, dtype: torch.dtype = torch.bfloat16):
+    """num_requests requests of NEW_TOKENS in-flight tokens after context_len cached ones, pages shuffled;
+    q/k/v are views of one fused QKV, as the model produces them."""
+    gen = torch.Generator(device="cuda").manual_seed(num_requests * 7919 + context_len)
+    rows, pages_each = num_requests * NEW_TOKENS, -(-context_len // PAGE)
+    qkv = torch.randn(rows, HEADS + 2 * KV_HEADS, HEAD_DIM, device="cuda", dtype=dtype, generator=gen)
+    q, k, v = qkv.split([HEADS, KV_HEADS, KV_HEADS], dim=1)
+    num_pages = max(1, num_requests * pages_each)
+    k_cache = torch.randn(num_pages, PAGE, KV_HEADS, HEAD_DIM, device="cuda", dtype=dtype, generator=gen)
+    v_cache = torch.randn_like(k_cache)
+    order = torch.randperm(num_pages, device="cuda", generator=gen).int()
+    table = order[:num_requests * pages_each].view(num_requests, pages_each)
+    positions = (torch.arange(NEW_TOKENS, device="cuda") + context_len).repeat(num_requests)
+    meta = AttentionMetadata(
+        cu_seqlens_q=torch.arange(0, rows + 1, NEW_TOKENS, device="cuda"),
+        context_lens=torch.full((num_requests,), context_len, device="cuda"),
+        page_tables=table, slot_mapping=None, block_size=BLOCK,
+        query_lens=[NEW_TOKENS] * num_requests, context_lens_host=[context_len] * num_requests)
+    bytes_moved = (2 * num_requests * context_len * KV_HEADS * HEAD_DIM  # cached K and V
+                   + 2 * rows * KV_HEADS * HEAD_DIM + 2 * rows * HEADS * HEAD_DIM) * k_cache.element_size()
+    return (q, k, v, positions, k_cache, v_cache, meta, HEAD_DIM ** -0.5), bytes_moved
+
+
+def attention_section(copy_bytes_per_s: float) -> None:
+    from dlx.kernels import attention_triton
+    print("\n## paged block-diffusion attention (bf16, 16 q / 4 kv heads, dim 128, page 32, block 32, "
+          f"{NEW_TOKENS} new tokens per request, caches cold in L2)")
+    print("bandwidth = (cached K+V + new K/V + q + out bytes) / time; % is of the measured copy bandwidth")
+    header = ("requests", "context", "MB", "splits", "naive ms", "naive GB/s", "triton ms", "triton TB/s",
+              "% copy", "1-pass ms", "max |err|")
+    print(" | ".join(f"{h:>10}" for h in header))
+    for context_len in (1024, 4096, 8192):
+        for num_requests in (1, 8, 64):
+            args, bytes_moved = attention_batch(num_requests, context_len)
+            triton_out = attention_triton.paged_attention_triton(*args)
+            splits = attention_triton.launch_plan(args[0], KV_HEADS, args[6], cached=True)[2]
+            triton_ms = time_ms(lambda: attention_triton.paged_attention_triton(*args))
+            one_pass_ms = time_ms(lambda: attention_triton.paged_attention_triton(*args, num_splits=1))
+            naive_ms = naive_rate = error = float("nan")
+            if num_requests <= 8:  # the reference loops over requests in Python: small cases only
+                naive_ms = time_ms(lambda: attention_reference(*args), iters=5, graph=False)
+                naive_rate = bytes_moved / (naive_ms * 1e-3) / 1e9
+                error = (triton_out.float() - attention_reference(*args).float()).abs().max().item()
+            triton_rate = bytes_moved / (triton_ms * 1e-3)
+            row = (num_requests, context_len, f"{bytes_moved / 1e6:.1f}", splits, f"{naive_ms:.3f}",
+                   f"{naive_rate:.1f}", f"{triton_ms:.4f}", f"{triton_rate / 1e12:.2f}",
+                   f"{100 * triton_rate / copy_bytes_per_s:.0f}%", f"{one_pass_ms:.4f}", f"{error:.2e}")
+            print(" | ".join(f"{str(c):>10}" for c in row), flush=True)
+
+
+SECTIONS = {"attention": attention_section}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sections", nargs="+", choices=sorted(SECTIONS), default=list(SECTIONS))
+    options = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench/kernels.py needs a CUDA GPU")
+    import triton
+    print(f"# dlx kernel benchmark on {torch.cuda.get_device_name()} "
+          f"({torch.cuda.get_device_properties(0).multi_processor_count} SMs), "
+          f"torch {torch.__version__}, triton {triton.__version__}")
+    copy_bytes_per_s = copy_bandwidth()
+    torch.cuda.empty_cache()  # hand the copy's 8 GiB back before the sections allocate
+    print(f"device copy bandwidth (4 GiB, read + write, median of 10): {copy_bytes_per_s / 1e12:.2f} TB/s")
+    for name in options.sections:
+        SECTIONS[name](copy_bytes_per_s)
+
+
+if __name__ == "__main__":
+    main()

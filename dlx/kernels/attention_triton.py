@@ -1,0 +1,259 @@
+"""Triton paged block-diffusion attention, grouped by KV head, with a split-KV (flash-decoding) variant.
+One program serves every query head of a KV group, so each K/V tile it loads is read once per group."""
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from dlx.kernels.attention import AttentionMetadata
+
+LOG2E = 1.4426950408889634
+# A finite "minus infinity" for running maxima: a row that has seen no key yet never computes inf - inf.
+NEG_BIG = tl.constexpr(-1.0e30)
+MIN_KEYS_PER_SPLIT = 256   # below this a split costs more in launch and combine than it saves
+MAX_SPLITS = 32
+FALLBACK_SM_COUNT = 132    # H100; only used where no CUDA device answers (interpreter runs)
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@triton.jit
+def _online_softmax_step(q, keys, values, visible, acc, row_max, row_sum, qk_scale,
+                         DOT_PRECISION: tl.constexpr):
+    """Fold one key tile into the running (max, sum, acc) of every query row; scores in log2 units."""
+    scores = tl.dot(q, tl.trans(keys.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
+    scores = tl.where(visible, scores, float("-inf"))
+    new_max = tl.maximum(row_max, tl.max(scores, 1))
+    correction = tl.exp2(row_max - new_max)
+    probs = tl.exp2(scores - new_max[:, None])
+    row_sum = row_sum * correction + tl.sum(probs, 1)
+    acc = acc * correction[:, None] + tl.dot(probs.to(q.dtype), values.to(q.dtype),
+                                             input_precision=DOT_PRECISION)
+    return acc, new_max, row_sum
+
+
+@triton.jit
+def _paged_attention_kernel(
+        q_ptr, k_ptr, v_ptr, out_ptr, positions_ptr, k_cache_ptr, v_cache_ptr, cu_seqlens_ptr,
+        context_lens_ptr, page_table_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, qk_scale, num_splits,
+        stride_qn, stride_qh, stride_kvn, stride_kvh, stride_on, stride_oh, stride_cp, stride_cs, stride_ch,
+        stride_table, stride_pacc_split, stride_pacc_row, stride_pacc_head, stride_pstat_split, stride_pstat_row,
+        BLOCK_SIZE: tl.constexpr, PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+        BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+        HAS_CACHE: tl.constexpr, SPLIT_KV: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Program (tile*splits + split, kv_head, request): BLOCK_Q query rows x GROUP heads against
+    (1) its share of the request's cached keys, read page by page, then (2) for the last split, the
+    request's in-flight keys up to the end of the tile's last block, masked by the block rule."""
+    tile, split = tl.program_id(0) // num_splits, tl.program_id(0) % num_splits
+    kv_head, request = tl.program_id(1), tl.program_id(2)
+    row_start = tl.load(cu_seqlens_ptr + request).to(tl.int64)
+    query_len = tl.load(cu_seqlens_ptr + request + 1).to(tl.int64) - row_start
+    tile_start = tile * BLOCK_Q
+    if tile_start >= query_len:
+        return
+    context_len = tl.load(context_lens_ptr + request).to(tl.int32)  # int32 keeps key index math cheap
+
+    # Row m of the tile is query (m // GROUP_PAD) and head (m % GROUP_PAD) of the group: adjacent
+    # rows are adjacent heads of one token, contiguous in memory.
+    offs_m = tl.arange(0, BLOCK_Q * GROUP_PAD)
+    query_index = tile_start + offs_m // GROUP_PAD
+    head = kv_head * GROUP + offs_m % GROUP_PAD
+    row_ok = (query_index < query_len) & (offs_m % GROUP_PAD < GROUP)
+    rows = row_start + query_index
+    offs_d = tl.arange(0, HEAD_DIM)  # a power of two: no mask along it, so loads vectorise
+    q_pos = tl.load(positions_ptr + rows, mask=row_ok, other=-1)
+    q = tl.load(q_ptr + rows[:, None] * stride_qn + head[:, None] * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0).to(DOT_DTYPE)
+    row_max = tl.full([BLOCK_Q * GROUP_PAD], NEG_BIG, tl.float32)
+    row_sum = tl.zeros([BLOCK_Q * GROUP_PAD], tl.float32)
+    acc = tl.zeros([BLOCK_Q * GROUP_PAD, HEAD_DIM], tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
+
+    if HAS_CACHE:
+        if SPLIT_KV:
+            # Whole tiles per split so only the request's last tile is ragged.
+            chunk = tl.cdiv(tl.cdiv(context_len, num_splits), BLOCK_N) * BLOCK_N
+            key_lo = split * chunk
+            key_hi = tl.minimum(key_lo + chunk, context_len)
+        else:
+            key_lo = 0
+            key_hi = context_len
+        for key_start in range(key_lo, key_hi, BLOCK_N):
+            key_index = key_start + offs_n
+            key_ok = key_index < key_hi
+            page = tl.load(page_table_ptr + request * stride_table + key_index // PAGE_SIZE,
+                           mask=key_ok, other=0).to(tl.int64)
+            in_page = key_index % PAGE_SIZE
+            offsets = (page * stride_cp + in_page * stride_cs + kv_head * stride_ch)[:, None] + offs_d[None, :]
+            keys = tl.load(k_cache_ptr + offsets, mask=key_ok[:, None], other=0.0)
+            values = tl.load(v_cache_ptr + offsets, mask=key_ok[:, None], other=0.0)
+            acc, row_max, row_sum = _online_softmax_step(q, keys, values, key_ok[None, :], acc, row_max,
+                                                         row_sum, qk_scale, DOT_PRECISION)
+
+    if split == num_splits - 1:
+        # In-flight rows sit at positions context_len + index; the tile's last query sees keys up to
+        # the end of its block, nothing beyond.
+        last_query = (tl.minimum(tile_start + BLOCK_Q, query_len) - 1).to(tl.int32)
+        block_end = ((context_len + last_query) // BLOCK_SIZE + 1) * BLOCK_SIZE - context_len
+        key_end = tl.minimum(block_end, query_len.to(tl.int32))
+        for key_start in range(0, key_end, BLOCK_N):
+            key_index = key_start + offs_n
+            key_ok = key_index < key_end
+            key_rows = row_start + key_index
+            k_pos = tl.load(positions_ptr + key_rows, mask=key_ok, other=-1)
+            key_real = key_ok & (k_pos >= 0)  # padding rows (position -1) are never read, even as 0 * NaN
+            visible = key_real[None, :] & ((k_pos[None, :] // BLOCK_SIZE) <= (q_pos[:, None] // BLOCK_SIZE))
+            offsets = key_rows[:, None] * stride_kvn + kv_head * stride_kvh + offs_d[None, :]
+            keys = tl.load(k_ptr + offsets, mask=key_real[:, None], other=0.0)
+            values = tl.load(v_ptr + offsets, mask=key_real[:, None], other=0.0)
+            acc, row_max, row_sum = _online_softmax_step(q, keys, values, visible, acc, row_max,
+                                                         row_sum, qk_scale, DOT_PRECISION)
+
+    if SPLIT_KV:
+        # Unnormalised partials; padding rows (position -1) are dropped by the combine kernel.
+        split_wide = split.to(tl.int64)  # splits x rows x heads x dim can pass 2**31 elements
+        stat_index = split_wide * stride_pstat_split + rows * stride_pstat_row + head
+        tl.store(part_max_ptr + stat_index, row_max, mask=row_ok)
+        tl.store(part_sum_ptr + stat_index, row_sum, mask=row_ok)
+        acc_index = split_wide * stride_pacc_split + rows * stride_pacc_row + head * stride_pacc_head
+        tl.store(part_acc_ptr + acc_index[:, None] + offs_d[None, :], acc, mask=row_ok[:, None])
+    else:
+        out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
+        store_ok = (row_ok & (q_pos >= 0))[:, None]
+        tl.store(out_ptr + rows[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=store_ok)
+
+
+@triton.jit
+def _combine_splits_kernel(part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr, positions_ptr, num_splits,
+                           stride_pacc_split, stride_pacc_row, stride_pacc_head, stride_pstat_split,
+                           stride_pstat_row, stride_on, stride_oh, NUM_HEADS: tl.constexpr,
+                           BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """One program per query row: merge the splits' (max, sum, acc) of all heads into the output."""
+    row = tl.program_id(0).to(tl.int64)
+    if tl.load(positions_ptr + row) < 0:
+        return
+    heads = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, HEAD_DIM)
+    head_ok = heads < NUM_HEADS
+    total_max = tl.full([BLOCK_H], NEG_BIG, tl.float32)
+    total_sum = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    # Offsets are int64 (row is) and advance split by split: safe however large the workspace.
+    stat_offsets = row * stride_pstat_row + heads
+    acc_offsets = (row * stride_pacc_row + heads * stride_pacc_head)[:, None] + offs_d[None, :]
+    for _ in range(0, num_splits):
+        part_max = tl.load(part_max_ptr + stat_offsets, mask=head_ok, other=NEG_BIG)
+        part_sum = tl.load(part_sum_ptr + stat_offsets, mask=head_ok, other=0.0)
+        part_acc = tl.load(part_acc_ptr + acc_offsets, mask=head_ok[:, None], other=0.0)
+        stat_offsets += stride_pstat_split
+        acc_offsets += stride_pacc_split
+        new_max = tl.maximum(total_max, part_max)
+        kept, added = tl.exp2(total_max - new_max), tl.exp2(part_max - new_max)
+        total_sum = total_sum * kept + part_sum * added
+        acc = acc * kept[:, None] + part_acc * added[:, None]
+        total_max = new_max
+    out = acc / tl.where(total_sum > 0, total_sum, 1.0)[:, None]
+    tl.store(out_ptr + row * stride_on + heads[:, None] * stride_oh + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=head_ok[:, None])
+
+
+def choose_num_splits(num_programs: int, max_context_len: int, num_sms: int) -> int:
+    """Split the cached range only when the grid would leave SMs idle and there is context to share:
+    as many splits as still fit one wave (a partial second wave would cost a whole one), each at
+    least MIN_KEYS_PER_SPLIT keys, at most MAX_SPLITS."""
+    if 2 * num_programs > num_sms or max_context_len < 2 * MIN_KEYS_PER_SPLIT:
+        return 1
+    by_sms = num_sms // num_programs
+    by_context = max_context_len // MIN_KEYS_PER_SPLIT
+    return max(1, min(by_sms, by_context, MAX_SPLITS))
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return FALLBACK_SM_COUNT
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _host_summary(meta: AttentionMetadata) -> tuple[int, int, int]:
+    """(max query len, max context len, total rows), derived once per forward from host lists."""
+    summary = meta.kernel_cache.get("host_summary")
+    if summary is None:
+        summary = (max(meta.query_lens, default=0), max(meta.context_lens_host, default=0),
+                   sum(meta.query_lens))
+        meta.kernel_cache["host_summary"] = summary
+    return summary
+
+
+def _tile_shape(group_pad: int, head_dim: int, max_query_len: int, dtype: torch.dtype) -> dict:
+    """Tile sizes and launch options. A tile holds up to 128 (query, head) rows, so one K/V tile feeds
+    a full-height MMA even for short diffusion blocks, and at least 16 (the MMA minimum). fp32 dots
+    run on FMA units and take far more registers: smaller tiles there (sm_90 ptxas: no spills)."""
+    wide = dtype == torch.float32
+    rows_cap = 32 if wide else 128
+    block_q = min(max(1, rows_cap // group_pad),
+                  max(triton.next_power_of_2(max(max_query_len, 1)), 16 // group_pad, 1))
+    tile_elements = block_q * group_pad * head_dim
+    return dict(BLOCK_Q=block_q, BLOCK_N=16 if wide else 64,
+                num_warps=8 if tile_elements >= (32 if wide else 64) * 128 else 4,
+                num_stages=2 if wide else 3)
+
+
+def _shared_layout(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V are addressed with one set of strides and a contiguous head dimension; views split from a
+    fused QKV and caches allocated together already qualify, anything else is copied."""
+    if first.stride() == second.stride() and first.stride(-1) == 1:
+        return first, second
+    return first.contiguous(), second.contiguous()
+
+
+def launch_plan(q: torch.Tensor, num_kv_heads: int, meta: AttentionMetadata, cached: bool) -> tuple[dict, int, int]:
+    """(tile shape, query tiles per request, automatic split count) of one forward's attention calls."""
+    max_query_len, max_context_len, _ = _host_summary(meta)
+    shape = _tile_shape(triton.next_power_of_2(q.shape[1] // num_kv_heads), q.shape[2], max_query_len, q.dtype)
+    q_tiles = triton.cdiv(max_query_len, shape["BLOCK_Q"])
+    splits = choose_num_splits(meta.num_requests * num_kv_heads * q_tiles, max_context_len if cached else 0,
+                               _sm_count(q.device))
+    return shape, q_tiles, splits
+
+
+def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                           k_cache: torch.Tensor | None, v_cache: torch.Tensor | None,
+                           meta: AttentionMetadata, scale: float, *, num_splits: int | None = None) -> torch.Tensor:
+    """Same contract as attention_reference. num_splits None picks split-KV by choose_num_splits;
+    1 forces the single-pass kernel, more forces that many splits of the cached range."""
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    (k, v), out = _shared_layout(k, v), torch.empty_like(q)
+    _, max_context_len, total_rows = _host_summary(meta)
+    (_, num_heads, head_dim), num_kv_heads = q.shape, k.shape[1]
+    if total_rows == 0:
+        return out
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        raise ValueError(f"head_dim must be a power of two >= 16 for the Triton kernel, got {head_dim}")
+    has_cache = k_cache is not None and meta.page_tables is not None and max_context_len > 0
+    shape, q_tiles, auto_splits = launch_plan(q, num_kv_heads, meta, has_cache)
+    num_splits = auto_splits if num_splits is None else num_splits
+    k_cache, v_cache = _shared_layout(k_cache, v_cache) if has_cache else (k[:1, None], v[:1, None])
+    table = meta.page_tables if has_cache else meta.cu_seqlens_q
+    part_acc = part_max = part_sum = out  # the single-pass variant never touches these
+    if num_splits > 1:
+        part_acc = q.new_empty(num_splits, total_rows, num_heads, head_dim, dtype=torch.float32)
+        part_max, part_sum = q.new_empty(2, num_splits, total_rows, num_heads, dtype=torch.float32).unbind(0)
+    # Triton 3.6's interpreter multiplies bf16 as raw uint16 bits, so CPU runs do their MMAs in fp32.
+    dot_dtype = tl.float32 if q.device.type == "cpu" and q.dtype == torch.bfloat16 else _TL_DTYPES[q.dtype]
+    _paged_attention_kernel[(q_tiles * num_splits, num_kv_heads, meta.num_requests)](
+        q, k, v, out, positions, k_cache, v_cache, meta.cu_seqlens_q, meta.context_lens, table,
+        part_acc, part_max, part_sum, scale * LOG2E, num_splits,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1), *k_cache.stride()[:3],
+        table.stride(0), *part_acc.stride()[:3], *part_max.stride()[:2],
+        BLOCK_SIZE=meta.block_size, PAGE_SIZE=k_cache.shape[1], GROUP=num_heads // num_kv_heads,
+        GROUP_PAD=triton.next_power_of_2(num_heads // num_kv_heads), HEAD_DIM=head_dim, HAS_CACHE=has_cache,
+        SPLIT_KV=num_splits > 1, DOT_DTYPE=dot_dtype, DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
+        **shape)
+    if num_splits > 1:
+        _combine_splits_kernel[(total_rows,)](
+            part_acc, part_max, part_sum, out, positions, num_splits, *part_acc.stride()[:3],
+            *part_max.stride()[:2], out.stride(0), out.stride(1), NUM_HEADS=num_heads,
+            BLOCK_H=triton.next_power_of_2(num_heads), HEAD_DIM=head_dim, num_warps=4)
+    return out

@@ -1,0 +1,177 @@
+"""Triton paged block-diffusion attention against attention_reference: ragged batches, pages, GQA, split-KV.
+On CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1 is set here before Triton is imported)."""
+import pytest
+import torch
+
+from triton_support import DEVICE, ON_GPU, import_triton
+
+triton = import_triton()
+
+from dlx.kernels import attention_triton  # noqa: E402  (must follow the interpreter set-up)
+from dlx.kernels.attention import AttentionMetadata, attention_reference, paged_attention  # noqa: E402
+
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+def make_case(query_lens: list[int], context_lens: list[int], heads: int, kv_heads: int, head_dim: int,
+              block_size: int, page_size: int, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """Random q/k/v and caches; each request's pages are scattered over a shuffled pool (never contiguous)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = sum(query_lens)
+    pages_per_request = [-(-ctx // page_size) for ctx in context_lens]
+    num_pages = sum(pages_per_request) + 3
+    pool = torch.randperm(num_pages, generator=gen)
+    table = torch.full((len(query_lens), max(pages_per_request + [1]) + 2), -1, dtype=torch.int32)
+    used = 0
+    for r, count in enumerate(pages_per_request):
+        table[r, :count] = pool[used:used + count].int()
+        used += count
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(dtype).to(DEVICE)
+    q, k, v = rand(rows, heads, head_dim), rand(rows, kv_heads, head_dim), rand(rows, kv_heads, head_dim)
+    k_cache, v_cache = rand(num_pages, page_size, kv_heads, head_dim), rand(num_pages, page_size, kv_heads, head_dim)
+    positions = torch.cat([torch.arange(ctx, ctx + n) for n, ctx in zip(query_lens, context_lens)]).to(DEVICE)
+    cu_seqlens = torch.tensor([0] + query_lens).cumsum(0).to(DEVICE)
+    meta = AttentionMetadata(cu_seqlens_q=cu_seqlens, context_lens=torch.tensor(context_lens).to(DEVICE),
+                             page_tables=table.to(DEVICE), slot_mapping=None, block_size=block_size,
+                             query_lens=list(query_lens), context_lens_host=list(context_lens))
+    return (q, k, v, positions, k_cache, v_cache, meta, head_dim ** -0.5)
+
+
+def assert_matches_reference(case, rows: int | None = None, **kwargs) -> torch.Tensor:
+    expected = attention_reference(*case)
+    got = attention_triton.paged_attention_triton(*case, **kwargs)
+    rows = sum(case[6].query_lens) if rows is None else rows
+    tolerance = TOLERANCE[case[0].dtype]
+    torch.testing.assert_close(got[:rows].float(), expected[:rows].float(), atol=tolerance, rtol=tolerance)
+    return got
+
+
+@pytest.mark.parametrize("block_size", [4, 8, 32, 64])
+@pytest.mark.parametrize("heads,kv_heads", [(2, 2), (8, 2), (8, 1)])
+def test_ragged_paged_batch_fp32(block_size, heads, kv_heads):
+    # Query lengths span several blocks and end mid-block; contexts are 0 or not page multiples.
+    page_size = max(8, block_size)
+    query_lens = [2 * block_size + 3, 5, block_size + 1]
+    context_lens = [0, 3 * page_size + 5, page_size - 1]
+    case = make_case(query_lens, context_lens, heads, kv_heads, 16, block_size, page_size, seed=block_size + heads)
+    for splits in (1, 3):
+        assert_matches_reference(case, num_splits=splits)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2), (8, 1), (6, 2)])
+def test_ragged_paged_batch_16bit(heads, kv_heads, dtype):
+    # (6, 2) is a group of 3: padded to 4 rows per query inside the tile.
+    case = make_case([19, 8, 1, 12], [13, 0, 40, 64], heads, kv_heads, 32, 8, 16, dtype, seed=heads)
+    assert_matches_reference(case)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_batches(seed):
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=gen))]
+    block_size = pick([4, 8, 32, 64])
+    heads, kv_heads = pick([(2, 2), (8, 2), (8, 1)])
+    num_requests = int(torch.randint(1, 5, (1,), generator=gen))
+    query_lens = torch.randint(1, min(3 * block_size, 72), (num_requests,), generator=gen).tolist()
+    context_lens = torch.randint(0, 150, (num_requests,), generator=gen).tolist()
+    case = make_case(query_lens, context_lens, heads, kv_heads, 16, block_size, block_size * pick([1, 2]), seed=seed)
+    for splits in (None, 1, pick([2, 3, 7])):
+        assert_matches_reference(case, num_splits=splits)
+
+
+@pytest.mark.parametrize("head_dim", [16, 64, 128])
+def test_head_dims(head_dim):
+    case = make_case([9, 17], [21, 7], 8, 2, head_dim, 4, 8, seed=head_dim)
+    assert_matches_reference(case)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_kv_forced(num_splits, dtype):
+    # Contexts of very different length: some splits of the short request own no keys at all.
+    case = make_case([6, 11, 3], [301, 17, 0], 8, 2, 16, 4, 16, dtype, seed=num_splits)
+    assert_matches_reference(case, num_splits=num_splits)
+
+
+def test_split_kv_chosen_automatically():
+    # One request, two KV heads: 2 programs on a 132-SM card; 700 cached keys give 2 splits of >= 256.
+    case = make_case([20], [700], 8, 2, 16, 4, 16, seed=11)
+    assert attention_triton.launch_plan(case[0], 2, case[6], cached=True)[2] == 2
+    assert_matches_reference(case)
+
+
+def test_single_request_without_cache():
+    q, k, v, positions, _, _, _, scale = make_case([37], [0], 4, 2, 16, 8, 16)
+    meta = AttentionMetadata.single(37, block_size=8, device=DEVICE)
+    assert_matches_reference((q, k, v, positions, None, None, meta, scale))
+
+
+def test_empty_request_in_batch_and_host_values_cached():
+    case = make_case([7, 0, 9], [12, 30, 0], 4, 1, 16, 4, 8)
+    assert_matches_reference(case)
+    assert case[6].kernel_cache["host_summary"] == (9, 30, 16)
+
+
+def test_padding_rows_are_invisible():
+    # Request 0 gets 3 tail rows at position -1 and the batch 4 trailing rows past cu_seqlens; all padding
+    # holds NaN, which must not reach the real rows.
+    q, k, v, positions, k_cache, v_cache, meta, scale = make_case([10, 6], [9, 20], 8, 2, 16, 4, 8, seed=3)
+    expected = attention_reference(q, k, v, positions, k_cache, v_cache, meta, scale)
+    pad_inside, pad_after = 3, 4
+
+    def padded(tensor, fill):
+        parts = [tensor[:10], tensor.new_full((pad_inside, *tensor.shape[1:]), fill), tensor[10:],
+                 tensor.new_full((pad_after, *tensor.shape[1:]), fill)]
+        return torch.cat(parts)
+    meta_padded = AttentionMetadata(
+        cu_seqlens_q=torch.tensor([0, 13, 19], device=DEVICE), context_lens=meta.context_lens,
+        page_tables=meta.page_tables, slot_mapping=None, block_size=4, query_lens=[13, 6], context_lens_host=[9, 20])
+    for splits in (1, 3):
+        got = attention_triton.paged_attention_triton(
+            padded(q, float("nan")), padded(k, float("nan")), padded(v, float("nan")), padded(positions, -1),
+            k_cache, v_cache, meta_padded, scale, num_splits=splits)
+        real = torch.cat([got[:10], got[13:19]])
+        torch.testing.assert_close(real, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_split_heuristic():
+    choose = attention_triton.choose_num_splits
+    assert choose(num_programs=4, max_context_len=8192, num_sms=132) == 32
+    assert choose(num_programs=32, max_context_len=8192, num_sms=132) == 4
+    assert choose(num_programs=4, max_context_len=1024, num_sms=132) == 4
+    assert choose(num_programs=67, max_context_len=8192, num_sms=132) == 1
+    assert choose(num_programs=256, max_context_len=8192, num_sms=132) == 1
+    assert choose(num_programs=4, max_context_len=300, num_sms=132) == 1
+
+
+def test_dispatcher():
+    case = make_case([5, 9], [4, 0], 4, 2, 16, 4, 8)
+    torch.testing.assert_close(paged_attention(*case, impl="naive"), attention_reference(*case))
+    got = paged_attention(*case, impl="triton_grouped")
+    torch.testing.assert_close(got, attention_reference(*case), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown attention impl"):
+        paged_attention(*case, impl="flash")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_requests,context_len", [(1, 8192), (1, 1024), (8, 4096), (64, 1024), (64, 8192)])
+def test_llada2_mini_shapes_bf16(num_requests, context_len):
+    # LLaDA2.0-mini: 16 query heads, 4 KV heads, head dim 128; page 32, block 32, 32 new tokens per request.
+    gen = torch.Generator().manual_seed(num_requests)
+    others = torch.randint(0, context_len // 32 + 1, (num_requests - 1,), generator=gen).mul(32).tolist()
+    contexts = [context_len] + others
+    case = make_case([32] * num_requests, contexts, 16, 4, 128, 32, 32, torch.bfloat16, seed=num_requests)
+    for splits in (None, 1):
+        assert_matches_reference(case, num_splits=splits)
+
+
+@pytest.mark.gpu
+def test_llada2_mini_ragged_queries_bf16():
+    case = make_case([32, 64, 5, 96, 1], [8000, 0, 4096, 31, 2049], 16, 4, 128, 32, 32, torch.bfloat16, seed=7)
+    for splits in (None, 1, 8):
+        assert_matches_reference(case, num_splits=splits)
