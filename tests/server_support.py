@@ -7,7 +7,7 @@ import time
 
 import requests
 
-from tests_support import free_port
+from tests_support import die_with_parent, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,8 @@ class ServerProcess:
         self.log = open(self.log_path, "w")
         defaults = ["--device", "cpu", "--max-model-len", "256", "--frontend-workers", "2"] if test_defaults else []
         cmd = [sys.executable, "launch.py", "--model", model_dir, "--port", str(self.port), *defaults, *flags]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=die_with_parent)
         self.wait_healthy(startup_timeout)
 
     def wait_healthy(self, timeout: float) -> None:

@@ -9,14 +9,14 @@ import time
 import requests
 
 from server_support import ROOT, wait_until_healthy
-from tests_support import free_port
+from tests_support import die_with_parent, free_port
 
 
 def test_gunicorn_attaches_to_headless_pool(tiny_dir, tmp_path):
     runtime = str(tmp_path / "runtime.json")
     engine = subprocess.Popen([sys.executable, "launch.py", "--model", tiny_dir, "--device", "cpu", "--no-frontend",
                                "--runtime-file", runtime, "--max-model-len", "256"], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent)
     frontend = None
     try:
         deadline = time.monotonic() + 120

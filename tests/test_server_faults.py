@@ -120,3 +120,8 @@ def test_killed_worker_fails_requests_then_recovers(server):
     assert wait_for(lambda: requests.get(server.url + "/health").status_code == 200, 180, every=0.5)
     ok = requests.post(server.url + "/generate", json={"prompt": "hello", "temperature": 0, "max_tokens": 8})
     assert ok.status_code == 200 and ok.json()["finish_reason"] in ("stop", "length")
+    # after a restart the launcher (supervisor thread included) is idle again, not spinning
+    time.sleep(1)
+    before = cpu_seconds([server.proc.pid])
+    time.sleep(3)
+    assert cpu_seconds([server.proc.pid]) - before < 0.1

@@ -21,16 +21,12 @@ class KVCacheManager:
         self.page_hash: list[bytes | None] = [None] * num_pages
         self.hash_to_page: dict[bytes, int] = {}
         self.free_pages: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_pages))  # oldest first
+        self.num_cached = 0   # free pages still holding a reusable prefix (kept as a count: read every step)
 
     @property
     def num_free(self) -> int:
         """Pages that can be handed out now (unreferenced, cached or not)."""
         return len(self.free_pages)
-
-    @property
-    def num_cached(self) -> int:
-        """Unreferenced pages still holding a reusable prefix."""
-        return sum(1 for p in self.free_pages if self.page_hash[p] is not None)
 
     @property
     def num_used(self) -> int:
@@ -62,6 +58,7 @@ class KVCacheManager:
             if self.page_hash[page] is not None:
                 del self.hash_to_page[self.page_hash[page]]
                 self.page_hash[page] = None
+                self.num_cached -= 1
             self.ref_count[page] = 1
             pages.append(page)
         return pages
@@ -78,8 +75,10 @@ class KVCacheManager:
             assert self.ref_count[page] >= 0, "page freed twice"
             if self.ref_count[page] == 0:
                 self.free_pages[page] = None   # most recently freed last: evicted last
+                self.num_cached += self.page_hash[page] is not None
 
     def _take(self, page: int) -> None:
         if self.ref_count[page] == 0:
             del self.free_pages[page]
+            self.num_cached -= 1   # only hashed pages are found by a prefix match
         self.ref_count[page] += 1

@@ -14,6 +14,12 @@ from dlx.workers.worker import leader_slot, worker_main
 STOP_GRACE_S = 10.0
 
 
+def exited(process) -> bool:
+    """Whether a worker has exited, read from its sentinel: gunicorn's arbiter reaps every child of the
+    launcher (os.waitpid(-1)), after which multiprocessing's is_alive() would report a dead worker alive."""
+    return bool(multiprocessing.connection.wait([process.sentinel], timeout=0))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,7 +68,7 @@ class WorkerPool:
         return True
 
     def dead(self) -> list:
-        return [p for p in self.processes if not p.is_alive()]
+        return [p for p in self.processes if exited(p)]
 
     def stop(self, grace: float = STOP_GRACE_S) -> None:
         """Ask leaders to stop (they stop their followers), then terminate, then kill stragglers."""
@@ -71,13 +77,13 @@ class WorkerPool:
         for p in self.processes:
             p.join(max(0.0, deadline - time.monotonic()))
         for p in self.processes:
-            if p.is_alive():
+            if not exited(p):
                 p.terminate()
         for p in self.processes:
             p.join(2.0)
-            if p.is_alive():
+            if not exited(p):
                 p.kill()
-                p.join()
+                multiprocessing.connection.wait([p.sentinel], timeout=5.0)
 
 
 class Supervisor(threading.Thread):
