@@ -84,10 +84,11 @@ def test_random_batches(seed):
         assert_matches_reference(case, num_splits=splits)
 
 
-@pytest.mark.parametrize("head_dim", [16, 64, 128])
+@pytest.mark.parametrize("head_dim", [8, 16, 48, 64, 96, 128])   # 8, 48, 96 are padded inside the kernel
 def test_head_dims(head_dim):
     case = make_case([9, 17], [21, 7], 8, 2, head_dim, 4, 8, seed=head_dim)
     assert_matches_reference(case)
+    assert_matches_reference(case, num_splits=3)
 
 
 @pytest.mark.parametrize("num_splits", [1, 2, 5])

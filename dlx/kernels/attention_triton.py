@@ -39,7 +39,7 @@ def _paged_attention_kernel(
         stride_qn, stride_qh, stride_kvn, stride_kvh, stride_on, stride_oh, stride_cp, stride_cs, stride_ch,
         stride_table, stride_pacc_split, stride_pacc_row, stride_pacc_head, stride_pstat_split, stride_pstat_row,
         BLOCK_SIZE: tl.constexpr, PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-        BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+        BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
         HAS_CACHE: tl.constexpr, SPLIT_KV: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Program (tile*splits + split, kv_head, request): BLOCK_Q query rows x GROUP heads against
     (1) its share of the request's cached keys, read page by page, then (2) for the last split, the
@@ -60,13 +60,16 @@ def _paged_attention_kernel(
     head = kv_head * GROUP + offs_m % GROUP_PAD
     row_ok = (query_index < query_len) & (offs_m % GROUP_PAD < GROUP)
     rows = row_start + query_index
-    offs_d = tl.arange(0, HEAD_DIM)  # a power of two: no mask along it, so loads vectorise
+    # Head dims that are not a power of two are padded; for powers of two the mask folds away, so
+    # loads along the head dimension stay unmasked and vectorise.
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    d_ok = ((offs_d < HEAD_DIM) | (HEAD_DIM == HEAD_DIM_PAD))[None, :]
     q_pos = tl.load(positions_ptr + rows, mask=row_ok, other=-1)
     q = tl.load(q_ptr + rows[:, None] * stride_qn + head[:, None] * stride_qh + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0).to(DOT_DTYPE)
+                mask=row_ok[:, None] & d_ok, other=0.0).to(DOT_DTYPE)
     row_max = tl.full([BLOCK_Q * GROUP_PAD], NEG_BIG, tl.float32)
     row_sum = tl.zeros([BLOCK_Q * GROUP_PAD], tl.float32)
-    acc = tl.zeros([BLOCK_Q * GROUP_PAD, HEAD_DIM], tl.float32)
+    acc = tl.zeros([BLOCK_Q * GROUP_PAD, HEAD_DIM_PAD], tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
 
     if HAS_CACHE:
@@ -85,8 +88,8 @@ def _paged_attention_kernel(
                            mask=key_ok, other=0).to(tl.int64)
             in_page = key_index % PAGE_SIZE
             offsets = (page * stride_cp + in_page * stride_cs + kv_head * stride_ch)[:, None] + offs_d[None, :]
-            keys = tl.load(k_cache_ptr + offsets, mask=key_ok[:, None], other=0.0)
-            values = tl.load(v_cache_ptr + offsets, mask=key_ok[:, None], other=0.0)
+            keys = tl.load(k_cache_ptr + offsets, mask=key_ok[:, None] & d_ok, other=0.0)
+            values = tl.load(v_cache_ptr + offsets, mask=key_ok[:, None] & d_ok, other=0.0)
             acc, row_max, row_sum = _online_softmax_step(q, keys, values, key_ok[None, :], acc, row_max,
                                                          row_sum, qk_scale, DOT_PRECISION)
 
@@ -104,8 +107,8 @@ def _paged_attention_kernel(
             key_real = key_ok & (k_pos >= 0)  # padding rows (position -1) are never read, even as 0 * NaN
             visible = key_real[None, :] & ((k_pos[None, :] // BLOCK_SIZE) <= (q_pos[:, None] // BLOCK_SIZE))
             offsets = key_rows[:, None] * stride_kvn + kv_head * stride_kvh + offs_d[None, :]
-            keys = tl.load(k_ptr + offsets, mask=key_real[:, None], other=0.0)
-            values = tl.load(v_ptr + offsets, mask=key_real[:, None], other=0.0)
+            keys = tl.load(k_ptr + offsets, mask=key_real[:, None] & d_ok, other=0.0)
+            values = tl.load(v_ptr + offsets, mask=key_real[:, None] & d_ok, other=0.0)
             acc, row_max, row_sum = _online_softmax_step(q, keys, values, visible, acc, row_max,
                                                          row_sum, qk_scale, DOT_PRECISION)
 
@@ -116,10 +119,10 @@ def _paged_attention_kernel(
         tl.store(part_max_ptr + stat_index, row_max, mask=row_ok)
         tl.store(part_sum_ptr + stat_index, row_sum, mask=row_ok)
         acc_index = split_wide * stride_pacc_split + rows * stride_pacc_row + head * stride_pacc_head
-        tl.store(part_acc_ptr + acc_index[:, None] + offs_d[None, :], acc, mask=row_ok[:, None])
+        tl.store(part_acc_ptr + acc_index[:, None] + offs_d[None, :], acc, mask=row_ok[:, None] & d_ok)
     else:
         out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
-        store_ok = (row_ok & (q_pos >= 0))[:, None]
+        store_ok = (row_ok & (q_pos >= 0))[:, None] & d_ok
         tl.store(out_ptr + rows[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=store_ok)
 
@@ -128,24 +131,25 @@ def _paged_attention_kernel(
 def _combine_splits_kernel(part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr, positions_ptr, num_splits,
                            stride_pacc_split, stride_pacc_row, stride_pacc_head, stride_pstat_split,
                            stride_pstat_row, stride_on, stride_oh, NUM_HEADS: tl.constexpr,
-                           BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr):
+                           BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
     """One program per query row: merge the splits' (max, sum, acc) of all heads into the output."""
     row = tl.program_id(0).to(tl.int64)
     if tl.load(positions_ptr + row) < 0:
         return
     heads = tl.arange(0, BLOCK_H)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
     head_ok = heads < NUM_HEADS
+    d_ok = ((offs_d < HEAD_DIM) | (HEAD_DIM == HEAD_DIM_PAD))[None, :]
     total_max = tl.full([BLOCK_H], NEG_BIG, tl.float32)
     total_sum = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_DIM_PAD], tl.float32)
     # Offsets are int64 (row is) and advance split by split: safe however large the workspace.
     stat_offsets = row * stride_pstat_row + heads
     acc_offsets = (row * stride_pacc_row + heads * stride_pacc_head)[:, None] + offs_d[None, :]
     for _ in range(0, num_splits):
         part_max = tl.load(part_max_ptr + stat_offsets, mask=head_ok, other=NEG_BIG)
         part_sum = tl.load(part_sum_ptr + stat_offsets, mask=head_ok, other=0.0)
-        part_acc = tl.load(part_acc_ptr + acc_offsets, mask=head_ok[:, None], other=0.0)
+        part_acc = tl.load(part_acc_ptr + acc_offsets, mask=head_ok[:, None] & d_ok, other=0.0)
         stat_offsets += stride_pstat_split
         acc_offsets += stride_pacc_split
         new_max = tl.maximum(total_max, part_max)
@@ -155,7 +159,12 @@ def _combine_splits_kernel(part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr, po
         total_max = new_max
     out = acc / tl.where(total_sum > 0, total_sum, 1.0)[:, None]
     tl.store(out_ptr + row * stride_on + heads[:, None] * stride_oh + offs_d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=head_ok[:, None])
+             out.to(out_ptr.dtype.element_ty), mask=head_ok[:, None] & d_ok)
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """Tiles span a power of two along the head dimension, at least 16 (the MMA minimum)."""
+    return max(16, triton.next_power_of_2(head_dim))
 
 
 def choose_num_splits(num_programs: int, max_context_len: int, num_sms: int) -> int:
@@ -211,7 +220,8 @@ def _shared_layout(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Ten
 def launch_plan(q: torch.Tensor, num_kv_heads: int, meta: AttentionMetadata, cached: bool) -> tuple[dict, int, int]:
     """(tile shape, query tiles per request, automatic split count) of one forward's attention calls."""
     max_query_len, max_context_len, _ = _host_summary(meta)
-    shape = _tile_shape(triton.next_power_of_2(q.shape[1] // num_kv_heads), q.shape[2], max_query_len, q.dtype)
+    shape = _tile_shape(triton.next_power_of_2(q.shape[1] // num_kv_heads), padded_head_dim(q.shape[2]),
+                        max_query_len, q.dtype)
     q_tiles = triton.cdiv(max_query_len, shape["BLOCK_Q"])
     splits = choose_num_splits(meta.num_requests * num_kv_heads * q_tiles, max_context_len if cached else 0,
                                _sm_count(q.device))
@@ -229,8 +239,6 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
     (_, num_heads, head_dim), num_kv_heads = q.shape, k.shape[1]
     if total_rows == 0:
         return out
-    if head_dim < 16 or head_dim & (head_dim - 1):
-        raise ValueError(f"head_dim must be a power of two >= 16 for the Triton kernel, got {head_dim}")
     has_cache = k_cache is not None and meta.page_tables is not None and max_context_len > 0
     shape, q_tiles, auto_splits = launch_plan(q, num_kv_heads, meta, has_cache)
     num_splits = auto_splits if num_splits is None else num_splits
@@ -248,12 +256,14 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1), *k_cache.stride()[:3],
         table.stride(0), *part_acc.stride()[:3], *part_max.stride()[:2],
         BLOCK_SIZE=meta.block_size, PAGE_SIZE=k_cache.shape[1], GROUP=num_heads // num_kv_heads,
-        GROUP_PAD=triton.next_power_of_2(num_heads // num_kv_heads), HEAD_DIM=head_dim, HAS_CACHE=has_cache,
+        GROUP_PAD=triton.next_power_of_2(num_heads // num_kv_heads), HEAD_DIM=head_dim,
+        HEAD_DIM_PAD=padded_head_dim(head_dim), HAS_CACHE=has_cache,
         SPLIT_KV=num_splits > 1, DOT_DTYPE=dot_dtype, DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
         **shape)
     if num_splits > 1:
         _combine_splits_kernel[(total_rows,)](
             part_acc, part_max, part_sum, out, positions, num_splits, *part_acc.stride()[:3],
             *part_max.stride()[:2], out.stride(0), out.stride(1), NUM_HEADS=num_heads,
-            BLOCK_H=triton.next_power_of_2(num_heads), HEAD_DIM=head_dim, num_warps=4)
+            BLOCK_H=triton.next_power_of_2(num_heads), HEAD_DIM=head_dim, HEAD_DIM_PAD=padded_head_dim(head_dim),
+            num_warps=4)
     return out
