@@ -26,13 +26,15 @@ def wait_until_healthy(url: str, proc: subprocess.Popen, timeout: float) -> bool
 
 
 class ServerProcess:
-    def __init__(self, model_dir: str, *flags: str, startup_timeout: float = 180.0, test_defaults: bool = True):
+    def __init__(self, model_dir: str | None, *flags: str, startup_timeout: float = 180.0, test_defaults: bool = True):
+        """model_dir None starts the embedded default model, exactly as `python launch.py` does."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join("/tmp", f"dlx-test-server-{self.port}.log")
         self.log = open(self.log_path, "w")
         defaults = ["--device", "cpu", "--max-model-len", "256", "--frontend-workers", "2"] if test_defaults else []
-        cmd = [sys.executable, "launch.py", "--model", model_dir, "--port", str(self.port), *defaults, *flags]
+        model = ["--model", model_dir] if model_dir else []
+        cmd = [sys.executable, "launch.py", *model, "--port", str(self.port), *defaults, *flags]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
                                      preexec_fn=die_with_parent)
         self.wait_healthy(startup_timeout)
