@@ -7,36 +7,13 @@ import os
 import random
 import signal
 import time
-import uuid
 
 import pytest
 
-from dlx.ipc import IpcError, PeerDead, RingClosed, RingTimeout, ShmRing, run_prefix, wait_any
+from ipc_support import CHILD_WAIT, no_leftover_shm, prefix  # noqa: F401 (fixtures used by name)
+from dlx.ipc import IpcError, PeerDead, RingClosed, RingTimeout, ShmRing, wait_any
 
 SPAWN = mp.get_context("spawn")
-# Every name a test creates carries this tag, so leftovers are attributable to this test run.
-TAG = "ipcr" + uuid.uuid4().hex[:8]
-CHILD_WAIT = 30.0  # generous bound for a child's answer; only reached when something is broken
-
-
-def _ours() -> list[str]:
-    return sorted(entry for entry in os.listdir("/dev/shm") if TAG in entry)
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_shm():
-    yield
-    leftovers = _ours()
-    for entry in leftovers:  # clean up so one failure does not cascade into the next test
-        os.unlink(os.path.join("/dev/shm", entry))
-    assert leftovers == []
-
-
-@pytest.fixture
-def prefix() -> str:
-    return run_prefix(TAG + uuid.uuid4().hex[:6])
-
-
 def _pattern(seed: int, size: int) -> bytes:
     block = bytes((seed + k) % 256 for k in range(256))
     return (block * (size // 256 + 1))[:size]

@@ -8,35 +8,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import uuid
 
 import pytest
 
+from ipc_support import CHILD_WAIT, TAG, no_leftover_shm, ours, prefix  # noqa: F401 (fixtures used by name)
 from dlx.ipc import ChannelSet, NoFreeChannel, ShmRing, cleanup_stale, run_prefix
 
 SPAWN = mp.get_context("spawn")
-# Every name a test creates carries this tag, so leftovers are attributable to this test run.
-TAG = "ipcc" + uuid.uuid4().hex[:8]
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHILD_WAIT = 30.0  # generous bound for a child's answer; only reached when something is broken
-
-
-def _ours() -> list[str]:
-    return sorted(entry for entry in os.listdir("/dev/shm") if TAG in entry)
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_shm():
-    yield
-    leftovers = _ours()
-    for entry in leftovers:  # clean up so one failure does not cascade into the next test
-        os.unlink(os.path.join("/dev/shm", entry))
-    assert leftovers == []
-
-
-@pytest.fixture
-def prefix() -> str:
-    return run_prefix(TAG + uuid.uuid4().hex[:6])
 
 
 def _start(target, *args) -> mp.Process:
@@ -144,7 +123,7 @@ def test_claim_release_and_reclaim_after_claimer_died(prefix):
 def test_attacher_exiting_without_cleanup_leaves_segments_and_prints_nothing(prefix):
     owner = ChannelSet.create(prefix, count=1, num_slots=4, slot_bytes=128)
     solo = ShmRing.create(prefix + "_solo", num_slots=2, slot_bytes=64)
-    before = _ours()
+    before = ours()
     script = textwrap.dedent(f"""
         from dlx.ipc import ChannelSet, ShmRing
         channel = ChannelSet.claim({prefix!r})
@@ -155,7 +134,7 @@ def test_attacher_exiting_without_cleanup_leaves_segments_and_prints_nothing(pre
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and done.stderr == ""
-    assert _ours() == before
+    assert ours() == before
     engine = ChannelSet.attach(prefix)
     assert engine.channels[0].recv(timeout=CHILD_WAIT) == {"hello": 1}
     engine.close()
@@ -173,12 +152,12 @@ def test_cleanup_stale_refuses_foreign_roots():
 def test_cleanup_stale_removes_dead_creators_entries_only(prefix):
     crashed = _start(_child_create_and_crash, TAG + "crash")
     crashed.join(CHILD_WAIT)
-    stale = [e for e in _ours() if e.startswith(f"dlx_{crashed.pid}_")]
+    stale = [e for e in ours() if e.startswith(f"dlx_{crashed.pid}_")]
     assert len(stale) == 8  # claim table + lock file, and per ring: segment + two doorbell FIFOs
     live = ShmRing.create(prefix + "_live", num_slots=2, slot_bytes=64)
     removed = cleanup_stale()
     assert set(stale) <= set(removed)
-    assert [e for e in _ours() if e.startswith(f"dlx_{crashed.pid}_")] == []
-    assert {live.name, live.name + ".data", live.name + ".space"} <= set(_ours())
+    assert [e for e in ours() if e.startswith(f"dlx_{crashed.pid}_")] == []
+    assert {live.name, live.name + ".data", live.name + ".space"} <= set(ours())
     live.close()
     live.unlink()

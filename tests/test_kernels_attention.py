@@ -3,7 +3,7 @@ On CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1 is set here b
 import pytest
 import torch
 
-from triton_support import DEVICE, ON_GPU, import_triton
+from triton_support import DEVICE, import_triton
 
 triton = import_triton()
 

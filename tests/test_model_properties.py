@@ -1,7 +1,5 @@
 """Model-level properties: block-causal attention, exact KV reuse through pages, router arithmetic,
 and tensor-parallel shards (gloo, several processes) giving the single-process logits."""
-import os
-
 import pytest
 import torch
 import torch.multiprocessing as mp
