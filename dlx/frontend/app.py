@@ -12,8 +12,7 @@ from dlx.frontend.decoding import Decoding
 from dlx.frontend.metrics import render_metrics
 from dlx.frontend.schemas import RequestError, error_body, parse_generate
 from dlx.frontend.server import ClientGone, Server
-from dlx.frontend.sse import (SSE_DONE, error_frame, final_frame, generate_append_frame, generate_snapshot_frame,
-                              sse_data)
+from dlx.frontend.sse import SSE_DONE, error_frame, final_frame, generate_append_frame, generate_snapshot_frame
 
 DEFAULT_RUNTIME = "/tmp/dlx-runtime.json"
 STATIC = os.path.join(os.path.dirname(__file__), "static")
@@ -114,13 +113,6 @@ def sse(frames) -> Response:
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def with_pieces(frame: bytes, server: Server, token_ids: list[int]) -> bytes:
-    """Adds each token's own text (null for masks) to a snapshot frame, for the playground's cells."""
-    obj = json.loads(frame[len(b"data: "):])
-    obj["pieces"] = server.pieces(token_ids)
-    return sse_data(obj)
-
-
 def stream_generate(server: Server, req, handle, decoding: Decoding, prompt_text: str):
     events = server.events(handle, decoding)
     try:
@@ -128,8 +120,9 @@ def stream_generate(server: Server, req, handle, decoding: Decoding, prompt_text
             if decoding.finished:
                 break
             if req.stream_mode == "denoise":
-                frame = generate_snapshot_frame(handle.rid, decoding.region, decoding.snapshot_text(), decoding.nfe, False)
-                yield with_pieces(frame, server, decoding.region) if req.return_pieces else frame
+                pieces = server.pieces(decoding.region) if req.return_pieces else None
+                yield generate_snapshot_frame(handle.rid, decoding.region, decoding.snapshot_text(), decoding.nfe,
+                                              False, pieces=pieces)
             else:
                 text, tokens, offset = decoding.new_stable_text()
                 if text or tokens:
@@ -138,8 +131,9 @@ def stream_generate(server: Server, req, handle, decoding: Decoding, prompt_text
             text, tokens, offset = decoding.new_stable_text()
             yield generate_append_frame(handle.rid, offset, text, tokens, decoding.nfe, True)
         else:
-            frame = generate_snapshot_frame(handle.rid, decoding.token_ids, decoding.text, decoding.nfe, True)
-            yield with_pieces(frame, server, decoding.token_ids) if req.return_pieces else frame
+            pieces = server.pieces(decoding.token_ids) if req.return_pieces else None
+            yield generate_snapshot_frame(handle.rid, decoding.token_ids, decoding.text, decoding.nfe, True,
+                                          pieces=pieces)
         server.client.count("ok")
         yield final_frame(server.generate_response(handle.rid, decoding, prompt_text))
     except ClientGone:

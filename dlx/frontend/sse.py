@@ -30,10 +30,14 @@ def finish_reason_openai(reason: str | None) -> str:
 
 
 def generate_snapshot_frame(rid: str, token_ids: list[int], text: str, nfe: int, finished: bool,
-                            token_offset: int = 0) -> bytes:
-    """`denoise` frame: the whole generated region so far, masks included (the client replaces its view)."""
-    return sse_data({"event": "buffer_snapshot", "id": rid, "token_offset": token_offset, "text": text,
-                     "token_ids": token_ids, "nfe": nfe, "finished": finished})
+                            token_offset: int = 0, pieces: list[str | None] | None = None) -> bytes:
+    """`denoise` frame: the whole generated region so far, masks included (the client replaces its view).
+    `pieces` (each token's own text, None for masks) is the playground's opt-in extension."""
+    frame = {"event": "buffer_snapshot", "id": rid, "token_offset": token_offset, "text": text,
+             "token_ids": token_ids, "nfe": nfe, "finished": finished}
+    if pieces is not None:
+        frame["pieces"] = pieces
+    return sse_data(frame)
 
 
 def generate_append_frame(rid: str, token_offset: int, text: str, token_ids: list[int], nfe: int,
