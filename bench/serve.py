@@ -116,8 +116,11 @@ def main() -> None:
     parser.add_argument("--buffer-size", type=int, default=1)
     parser.add_argument("--kv-pages", type=int, default=None)
     parser.add_argument("--port", type=int, default=18321)
+    parser.add_argument("--open-loop", action="store_true",
+                        help="submit every request at once (concurrency = --requests): isolates transport cost "
+                             "from the admission lag a closed loop of very short requests adds")
     args = parser.parse_args()
-    levels = [int(c) for c in args.concurrency.split(",")]
+    levels = [args.requests] if args.open_loop else [int(c) for c in args.concurrency.split(",")]
     args.max_c = max(levels)
     card = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     engine = LLMEngine(Config(**engine_args(args)).finalize())
@@ -135,7 +138,8 @@ def main() -> None:
         server.terminate()
         server.wait(60)
     print(f"\nServing benchmark on {card} — model {os.path.basename(os.path.normpath(args.model))}, "
-          f"{args.requests} requests × {args.max_tokens} tokens, greedy\n")
+          f"{args.requests} requests × {args.max_tokens} tokens, greedy, "
+          f"{'open loop (all submitted at once)' if args.open_loop else 'closed loop'}\n")
     print("| concurrency | path | wall s | requests/s | tokens/s | mean TTFT ms | per-stream tokens/s | HTTP+IPC overhead |")
     print("|---|---|---|---|---|---|---|---|")
     for c in levels:
