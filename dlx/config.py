@@ -174,11 +174,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         if f.type in ("bool", bool):
             parser.add_argument(flag, action="store_true", help=helps.get(f.name))
             continue
-        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-        if "int" in str(f.type) and "str" not in str(f.type):
-            kind = int
-        elif "float" in str(f.type):
-            kind = float
+        declared = str(f.type)   # e.g. "int", "float", "str | None", "int | None"
+        kind = float if "float" in declared else int if "int" in declared and "str" not in declared else str
         parser.add_argument(flag, type=kind, default=f.default, help=helps.get(f.name))
 
 

@@ -114,8 +114,6 @@ class LLMEngine:
         for req in batch:
             req.first_scheduled = req.first_scheduled or started_at
             req.first_step_done = req.first_step_done or now
-            if req.first_token_time is None and req.stable_len() > 0:
-                req.first_token_time = now
             outputs.append(self.snapshot(req, req.rid in finished))
         self.record_metrics(batch, committed, time.perf_counter() - started)
         return outputs

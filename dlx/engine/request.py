@@ -45,7 +45,6 @@ class Request:
         self.edit_mode = False
         self.arrival = time.monotonic()
         self.first_scheduled: float | None = None
-        self.first_token_time: float | None = None
         self.first_step_done: float | None = None
         self.finished_time: float | None = None
         self.generator = None                      # torch.Generator for seeded sampling, made by the sampler

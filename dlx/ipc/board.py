@@ -14,8 +14,8 @@ _HEADER = struct.Struct("<QI")   # sequence number (odd while a write is in prog
 
 
 class StatusBoard:
-    def __init__(self, shm, slots: int, slot_bytes: int, owner: bool) -> None:
-        self._shm, self.slots, self.slot_bytes, self._owner = shm, slots, slot_bytes, owner
+    def __init__(self, shm, slots: int, slot_bytes: int) -> None:
+        self._shm, self.slots, self.slot_bytes = shm, slots, slot_bytes
         self._sequence = [0] * slots
 
     @staticmethod
@@ -28,13 +28,13 @@ class StatusBoard:
         require_own_name(name)
         shm = open_segment(name, create=True, size=8 + slots * slot_bytes)
         struct.pack_into("<II", shm.buf, 0, slots, slot_bytes)
-        return cls(shm, slots, slot_bytes, owner=True)
+        return cls(shm, slots, slot_bytes)
 
     @classmethod
     def attach(cls, prefix: str) -> StatusBoard:
         shm = open_segment(cls.segment_name(prefix), create=False)
         slots, slot_bytes = struct.unpack_from("<II", shm.buf, 0)
-        board = cls(shm, slots, slot_bytes, owner=False)
+        board = cls(shm, slots, slot_bytes)
         board._sequence = [_HEADER.unpack_from(shm.buf, board._offset(i))[0] for i in range(slots)]
         return board
 

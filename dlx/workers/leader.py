@@ -62,6 +62,9 @@ class Leader:
                     if self.sync:
                         self.sync(commands)
                     self.answer(apply_commands(self.engine, commands))
+                    for cmd in commands:
+                        if cmd["type"] == "abort":
+                            self.forget(cmd["rid"])
                     if self.engine.has_work():
                         self.step()
                 self.publish(force=not self.engine.has_work())
@@ -97,11 +100,6 @@ class Leader:
             else:
                 self.send(cmd["rid"], {"type": "error", "rid": cmd["rid"], "message": error, "code": code})
                 self.forget(cmd["rid"])
-        for rid in [r for r in self.owner if r not in self.live_ids()]:
-            self.forget(rid)   # aborted by the frontend
-
-    def live_ids(self) -> set[str]:
-        return {r.rid for r in list(self.engine.scheduler.waiting) + self.engine.scheduler.running}
 
     def step(self) -> None:
         started = time.perf_counter()
