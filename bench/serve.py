@@ -26,18 +26,23 @@ def prompts(n: int) -> list[list[int]]:
 
 def engine_args(args) -> dict:
     return dict(model=args.model, device=args.device, max_model_len=args.max_model_len, max_num_reqs=max(64, args.max_c),
-                buffer_size=args.buffer_size, num_kv_pages=args.kv_pages)
+                buffer_size=args.buffer_size, num_kv_pages=args.kv_pages, admission_wait_ms=args.admission_wait_ms)
 
 
 def run_in_process(engine: LLMEngine, work: list[list[int]], concurrency: int, max_tokens: int) -> dict:
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     pending, live, tokens, first = list(work), {}, 0, {}
+    steps = nfe = busy = 0
     started = time.perf_counter()
     while pending or live:
         while pending and len(live) < concurrency:
             req = engine.add_request(pending.pop(0), params)
             live[req.rid] = (req, time.perf_counter())
-        for out in engine.step():
+        step_start = time.perf_counter()
+        outputs = engine.step()
+        busy += time.perf_counter() - step_start
+        steps, nfe = steps + 1, nfe + engine.last_metrics.num_requests
+        for out in outputs:
             req, t0 = live[out.rid]
             if out.rid not in first and out.stable_len > 0:
                 first[out.rid] = time.perf_counter() - t0
@@ -45,13 +50,15 @@ def run_in_process(engine: LLMEngine, work: list[list[int]], concurrency: int, m
                 tokens += len(out.output)
                 del live[out.rid]
     wall = time.perf_counter() - started
-    return {"wall_s": wall, "tokens": tokens, "ttft_s": sum(first.values()) / max(1, len(first))}
+    return {"wall_s": wall, "tokens": tokens, "ttft_s": sum(first.values()) / max(1, len(first)),
+            "steps": steps, "nfe": nfe, "busy_s": busy}
 
 
-def one_stream(url: str, prompt: list[int], max_tokens: int) -> tuple[float, float, int]:
+def one_stream(session: requests.Session, url: str, prompt: list[int], max_tokens: int) -> tuple[float, float, int, float]:
+    """(TTFT, total seconds, tokens, seconds the engine reported from arrival to finish)."""
     t0 = time.perf_counter()
-    ttft = None
-    r = requests.post(url + "/generate", json={"prompt": prompt, "temperature": 0, "max_tokens": max_tokens,
+    ttft, engine_s = None, 0.0
+    r = session.post(url + "/generate", json={"prompt": prompt, "temperature": 0, "max_tokens": max_tokens,
                                                "ignore_eos": True, "stream": True, "stream_mode": "block_append"},
                       stream=True, timeout=600)
     count = 0
@@ -63,22 +70,63 @@ def one_stream(url: str, prompt: list[int], max_tokens: int) -> tuple[float, flo
             ttft = time.perf_counter() - t0
         if event.get("event") == "final":
             count = len(event["token_ids"])
-    return ttft or 0.0, time.perf_counter() - t0, count
+            timing = event.get("timing") or {}
+            engine_s = sum(timing.get(k, 0.0) for k in ("queue_s", "prefill_s", "decode_s"))
+    return ttft or 0.0, time.perf_counter() - t0, count, engine_s
 
 
-def run_http(url: str, work: list[list[int]], concurrency: int, max_tokens: int) -> dict:
+def engine_counters(url: str) -> dict:
+    """Steps, forwards summed over requests and busy seconds, from the server's /metrics."""
+    wanted = {"dlx_step_seconds_count": "steps", "dlx_step_seconds_sum": "busy_s", "dlx_nfe_total": "nfe",
+              'dlx_step_seconds_bucket{le="0.16"}': "steps_under_160ms"}
+    out = {}
+    for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            out[wanted[name]] = float(value)
+    return out
+
+
+def tree_cpu_seconds(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each process in root's tree, keyed 'pid command'."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if entry.isdigit():
+            fields = text[text.rindex(")") + 2:].split()
+            stats[int(entry)] = (int(fields[1]), text[text.index("(") + 1:text.rindex(")")],
+                                 (int(fields[11]) + int(fields[12])) / tick)
+    tree, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, (ppid, _, _) in stats.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return {f"{pid} {stats[pid][1]}": stats[pid][2] for pid in tree if pid in stats}
+
+
+def run_http(url: str, work: list[list[int]], concurrency: int, max_tokens: int, server_pid: int = 0) -> dict:
     lock, results, queue = threading.Lock(), [], list(work)
 
     def client():
+        session = requests.Session()   # keep-alive: one connection per client, as real clients do
         while True:
             with lock:
                 if not queue:
                     return
                 prompt = queue.pop(0)
-            res = one_stream(url, prompt, max_tokens)
+            res = one_stream(session, url, prompt, max_tokens)
             with lock:
                 results.append(res)
 
+    before = engine_counters(url)
+    cpu_before = {**tree_cpu_seconds(server_pid), "client": time.process_time()} if server_pid else {}
     started = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
     for t in threads:
@@ -86,8 +134,16 @@ def run_http(url: str, work: list[list[int]], concurrency: int, max_tokens: int)
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
+    cpu = {}
+    if server_pid:
+        cpu_after = {**tree_cpu_seconds(server_pid), "client": time.process_time()}
+        cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items() if v - cpu_before.get(k, 0.0) > 0.005}
+    time.sleep(0.3)   # the leader publishes counters at most every 0.1 s while busy
+    after = engine_counters(url)
     return {"wall_s": wall, "tokens": sum(r[2] for r in results), "ttft_s": sum(r[0] for r in results) / len(results),
-            "stream_tps": sum(r[2] / r[1] for r in results) / len(results)}
+            "stream_tps": sum(r[2] / r[1] for r in results) / len(results),
+            "outside_engine_s": sum(r[1] - r[3] for r in results) / len(results), "cpu": cpu,
+            **{k: after.get(k, 0) - before.get(k, 0) for k in ("steps", "nfe", "busy_s", "steps_under_160ms")}}
 
 
 def start_server(args, port: int) -> subprocess.Popen:
@@ -116,6 +172,9 @@ def main() -> None:
     parser.add_argument("--buffer-size", type=int, default=1)
     parser.add_argument("--kv-pages", type=int, default=None)
     parser.add_argument("--port", type=int, default=18321)
+    parser.add_argument("--admission-wait-ms", type=float, default=2.0,
+                        help="the server's --admission-wait-ms (0 = start the next step at once)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating in-process/HTTP rounds (median)")
     parser.add_argument("--open-loop", action="store_true",
                         help="submit every request at once (concurrency = --requests): isolates transport cost "
                              "from the admission lag a closed loop of very short requests adds")
@@ -124,31 +183,52 @@ def main() -> None:
     args.max_c = max(levels)
     card = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     engine = LLMEngine(Config(**engine_args(args)).finalize())
-    run_in_process(engine, prompts(4), 2, 8)   # warm-up
-    inproc = {c: run_in_process(engine, prompts(args.requests), c, args.max_tokens) for c in levels}
-    del engine
-    if args.device == "cuda":
-        torch.cuda.empty_cache()
     server = start_server(args, args.port)
+    url = f"http://127.0.0.1:{args.port}"
+    inproc, http = {c: [] for c in levels}, {c: [] for c in levels}
     try:
-        url = f"http://127.0.0.1:{args.port}"
-        run_http(url, prompts(4), 2, 8)   # warm-up
-        http = {c: run_http(url, prompts(args.requests), c, args.max_tokens) for c in levels}
+        # Warm-up with the measured prompts at every level: kernels specialise (and compile) per shape,
+        # and neither path should pay for compilation inside its timed runs. Then the paths alternate,
+        # round after round (the idle one uses no CPU), and each reports its median run.
+        for c in levels:
+            run_in_process(engine, prompts(args.requests), c, args.max_tokens)
+            run_http(url, prompts(args.requests), c, args.max_tokens)
+        for _ in range(args.rounds):
+            for c in levels:
+                inproc[c].append(run_in_process(engine, prompts(args.requests), c, args.max_tokens))
+                http[c].append(run_http(url, prompts(args.requests), c, args.max_tokens, server.pid))
     finally:
         server.terminate()
         server.wait(60)
+    spread = {c: (sorted(round(r["wall_s"], 3) for r in inproc[c]), sorted(round(r["wall_s"], 3) for r in http[c]))
+              for c in levels}
+    inproc = {c: sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2] for c, runs in inproc.items()}
+    http = {c: sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2] for c, runs in http.items()}
     print(f"\nServing benchmark on {card} — model {os.path.basename(os.path.normpath(args.model))}, "
           f"{args.requests} requests × {args.max_tokens} tokens, greedy, "
-          f"{'open loop (all submitted at once)' if args.open_loop else 'closed loop'}\n")
-    print("| concurrency | path | wall s | requests/s | tokens/s | mean TTFT ms | per-stream tokens/s | HTTP+IPC overhead |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{'open loop (all submitted at once)' if args.open_loop else 'closed loop'}, "
+          f"server --admission-wait-ms {args.admission_wait_ms}; median of {args.rounds} alternating rounds\n")
+    print("| concurrency | path | wall s | requests/s | tokens/s | mean TTFT ms | per-stream tokens/s "
+          "| steps | requests per step | mean step ms | engine busy | client − engine ms | HTTP+IPC overhead |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c in levels:
         a, b = inproc[c], http[c]
         print(f"| {c} | in-process | {a['wall_s']:.2f} | {args.requests / a['wall_s']:.2f} | {a['tokens'] / a['wall_s']:.0f} "
-              f"| {a['ttft_s'] * 1000:.0f} | – | – |")
+              f"| {a['ttft_s'] * 1000:.0f} | – | {a['steps']} | {a['nfe'] / max(a['steps'], 1):.1f} "
+              f"| {1000 * a['busy_s'] / max(a['steps'], 1):.1f} "
+              f"| {100 * a['busy_s'] / a['wall_s']:.0f}% | – | – |")
         overhead = (b["wall_s"] - a["wall_s"]) / a["wall_s"] * 100
         print(f"| {c} | HTTP | {b['wall_s']:.2f} | {args.requests / b['wall_s']:.2f} | {b['tokens'] / b['wall_s']:.0f} "
-              f"| {b['ttft_s'] * 1000:.0f} | {b['stream_tps']:.1f} | {overhead:+.1f}% |")
+              f"| {b['ttft_s'] * 1000:.0f} | {b['stream_tps']:.1f} | {b['steps']:.0f} | {b['nfe'] / max(b['steps'], 1):.1f} "
+              f"| {1000 * b['busy_s'] / max(b['steps'], 1):.1f} "
+              f"| {100 * b['busy_s'] / b['wall_s']:.0f}% | {b['outside_engine_s'] * 1000:.1f} | {overhead:+.1f}% |")
+
+    for c in levels:
+        print(f"\nwall s per round at concurrency {c}: in-process {spread[c][0]}, HTTP {spread[c][1]}")
+        busiest = sorted(http[c]["cpu"].items(), key=lambda kv: -kv[1])[:6]
+        slow = http[c]["steps"] - http[c]["steps_under_160ms"]
+        print(f"\nHTTP run at concurrency {c}: {slow:.0f} engine steps over 160 ms. CPU seconds ({http[c]['wall_s']:.2f} s wall): "
+              + ", ".join(f"{name} {sec:.2f}" for name, sec in busiest))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ class Config:
     max_num_batched_tokens: int = 4096
     max_num_reqs: int = 128
     max_waiting_requests: int = 1024
+    admission_wait_ms: float = 2.0
     block_size: int = 32
     buffer_size: int = 1
     page_size: int = 32
@@ -36,6 +37,7 @@ class Config:
     gpu_memory_utilization: float = 0.9
     num_kv_pages: int | None = None
     attn_impl: str = "triton_grouped"
+    moe_impl: str = "auto"
     accept_threshold: float = 0.95
     add_block_threshold: float = 0.1
     semi_complete_threshold: float = 0.9
@@ -78,7 +80,8 @@ class Config:
 
     def _check_choices(self) -> None:
         choices = {"decoding_strategy": ("multi_bd",), "sampling_mode": ("naive", "edit"),
-                   "attn_impl": ("triton_grouped", "naive"), "device": (None, "cuda", "cpu"),
+                   "attn_impl": ("triton_grouped", "naive"),
+                   "moe_impl": ("auto", "triton", "naive"), "device": (None, "cuda", "cpu"),
                    "dtype": ("auto", "bfloat16", "float16", "float32")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -87,6 +90,8 @@ class Config:
         for name in ("accept_threshold", "semi_complete_threshold", "edit_threshold", "add_block_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 1")
+        if not 0.0 <= self.admission_wait_ms <= 1000.0:
+            raise ConfigError("--admission-wait-ms must be between 0 and 1000")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError("--gpu-memory-utilization must be in (0, 1]")
         if self.use_lora and not self.lora_path:
@@ -99,10 +104,13 @@ class Config:
             raise ConfigError("--device cuda was asked for but no CUDA GPU is visible")
         if self.device is None:
             self.device = "cuda" if cuda_available else "cpu"
-        if self.device == "cpu" and self.attn_impl == "triton_grouped":
-            self.attn_impl = "naive"
+        if self.device == "cpu" and (self.attn_impl == "triton_grouped" or self.moe_impl == "triton"):
+            self.attn_impl, self.moe_impl = "naive", "naive"
             self.warnings.append("no GPU in use: serving on the CPU with the PyTorch paths "
-                                 "(--attn-impl naive, no CUDA graphs, --gpu-memory-utilization ignored)")
+                                 "(--attn-impl naive, --moe-impl naive, no CUDA graphs, "
+                                 "--gpu-memory-utilization ignored)")
+        if self.moe_impl == "auto":
+            self.moe_impl = "triton" if self.attn_impl == "triton_grouped" else "naive"
 
     def _check_layout(self) -> None:
         for name in ("block_size", "page_size", "buffer_size", "max_num_reqs", "max_num_batched_tokens",
@@ -161,9 +169,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "model": "local checkpoint directory (default: the embedded dlx-tiny model)",
         "model_name": "served model id (the seed's registered names, e.g. llada2_mini, are accepted)",
         "buffer_size": "blocks decoded concurrently per request (1 = SingleBD, exactly the model's generate())",
-        "attn_impl": "triton_grouped (GPU) or naive (plain PyTorch)",
+        "attn_impl": "triton_grouped (GPU: Triton attention, KV store, norms, rotary, greedy sampling "
+                     "reduction) or naive (plain PyTorch)",
+        "moe_impl": "triton (fused MoE kernels) or naive (per-expert PyTorch loop); auto follows --attn-impl",
         "device": "cuda or cpu (default: cuda when available)",
         "num_kv_pages": "KV-cache pages (default: sized from --gpu-memory-utilization, or 4096 on CPU)",
+        "admission_wait_ms": "after a step that finished requests, wait up to this long (and a quarter of the "
+                             "step) for follow-up requests to join the next step; 0 disables",
         "no_frontend": "start only the engine workers; attach gunicorn frontends separately",
         "api_key": "require 'Authorization: Bearer KEY' (also DLX_API_KEY)",
     }

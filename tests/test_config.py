@@ -19,6 +19,8 @@ def finalize(tiny_dir, **kw):
     ({"max_num_batched_tokens": 64}, "--max-num-batched-tokens 64 must be at least --max-model-len"),
     ({"sampling_mode": "greedy"}, "--sampling-mode must be one of naive, edit"),
     ({"attn_impl": "flash"}, "--attn-impl must be one of"),
+    ({"moe_impl": "cutlass"}, "--moe-impl must be one of auto, triton, naive"),
+    ({"admission_wait_ms": -1.0}, "--admission-wait-ms must be between 0 and 1000"),
     ({"accept_threshold": 1.5}, "--accept-threshold must be between 0 and 1"),
     ({"use_lora": True}, "--use-lora needs --lora-path"),
     ({"device": "cuda"}, "no CUDA GPU is visible"),
@@ -36,8 +38,22 @@ def test_missing_model_dir(tmp_path):
 
 def test_cpu_fallback_and_clamping(tiny_dir):
     cfg = finalize(tiny_dir, max_model_len=8192)
-    assert cfg.device == "cpu" and cfg.attn_impl == "naive" and cfg.max_model_len == 4096
+    assert cfg.device == "cpu" and cfg.attn_impl == "naive" and cfg.moe_impl == "naive"
+    assert cfg.max_model_len == 4096
     assert len(cfg.warnings) == 2
+
+
+@pytest.mark.parametrize("attn,moe,expected", [("triton_grouped", "auto", "triton"), ("naive", "auto", "naive"),
+                                               ("naive", "triton", "triton"), ("triton_grouped", "naive", "naive")])
+def test_moe_impl_follows_attention_unless_chosen(tiny_dir, attn, moe, expected):
+    cfg = Config(model=tiny_dir, device="cuda", attn_impl=attn, moe_impl=moe)
+    cfg._choose_device(cuda_available=True)
+    assert cfg.moe_impl == expected
+
+
+def test_cpu_refuses_triton_moe_with_one_warning(tiny_dir):
+    cfg = finalize(tiny_dir, attn_impl="naive", moe_impl="triton")
+    assert cfg.moe_impl == "naive" and len(cfg.warnings) == 1
 
 
 def test_launch_fails_fast_with_one_sentence(tiny_dir):

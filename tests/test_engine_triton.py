@@ -1,10 +1,12 @@
-"""The engine with the Triton attention and KV-store kernels gives the same greedy tokens as the PyTorch
-path (fp32); on CPU the kernels run in Triton's interpreter, on a GPU compiled (and also in bf16)."""
+"""The engine with every Triton kernel (attention, KV store, norms, rotary, sampling, MoE) gives the same
+greedy tokens as the PyTorch path (fp32); on CPU the kernels run in Triton's interpreter, on a GPU compiled
+(and also in bf16)."""
 import pytest
 import torch
 
 from dlx.config import Config
 from dlx.engine.engine import LLMEngine
+from dlx.engine.runner import configure_kernels
 from dlx.engine.sampling_params import SamplingParams
 from dlx.models import load_model
 from test_engine import mixed_prompts, run
@@ -16,7 +18,8 @@ import_triton()
 def engine_with(tiny_dir, impl: str, dtype: str, model=None) -> LLMEngine:
     cfg = Config(model=tiny_dir, dtype=dtype, device=DEVICE, max_model_len=256, buffer_size=2,
                  num_kv_pages=64).finalize(cuda_available=ON_GPU)
-    cfg.attn_impl = impl   # the CPU fallback picks naive; the interpreter runs the kernels anyway
+    # The CPU fallback picks naive; the interpreter runs the kernels anyway. MoE follows attention.
+    cfg.attn_impl, cfg.moe_impl = impl, "triton" if impl == "triton_grouped" else "naive"
     return LLMEngine(cfg, model=model)
 
 
@@ -44,8 +47,7 @@ def test_bf16_logits_agree_on_the_embedded_model():
     meta = AttentionMetadata.single(len(ids), 32, "cuda")
     outs = {}
     for impl in ("naive", "triton_grouped"):
-        for attn in model.attention_layers():
-            attn.attn_impl = impl
+        configure_kernels(model, impl, "triton" if impl == "triton_grouped" else "naive")
         outs[impl] = model.compute_logits(model(ids, torch.arange(len(ids), device="cuda"), meta))
     naive, fused = outs["naive"], outs["triton_grouped"]
     assert (naive - fused).abs().max() <= 0.1 * naive.abs().max()

@@ -7,7 +7,7 @@ from triton_support import DEVICE, import_triton
 
 triton = import_triton()
 
-from dlx.kernels import attention_triton  # noqa: E402  (must follow the interpreter set-up)
+from dlx.kernels import attention_plan, attention_triton  # noqa: E402  (must follow the interpreter set-up)
 from dlx.kernels.attention import AttentionMetadata, attention_reference, paged_attention  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}
@@ -102,7 +102,7 @@ def test_split_kv_forced(num_splits, dtype):
 def test_split_kv_chosen_automatically():
     # One request, two KV heads: 2 programs on a 132-SM card; 700 cached keys give 2 splits of >= 256.
     case = make_case([20], [700], 8, 2, 16, 4, 16, seed=11)
-    assert attention_triton.launch_plan(case[0], 2, case[6], cached=True)[2] == 2
+    assert attention_plan.launch_plan(case[0], 2, case[6], cached=True)[2] == 2
     assert_matches_reference(case)
 
 
@@ -141,7 +141,7 @@ def test_padding_rows_are_invisible():
 
 
 def test_split_heuristic():
-    choose = attention_triton.choose_num_splits
+    choose = attention_plan.choose_num_splits
     assert choose(num_programs=4, max_context_len=8192, num_sms=132) == 32
     assert choose(num_programs=32, max_context_len=8192, num_sms=132) == 4
     assert choose(num_programs=4, max_context_len=1024, num_sms=132) == 4
@@ -176,3 +176,12 @@ def test_llada2_mini_ragged_queries_bf16():
     case = make_case([32, 64, 5, 96, 1], [8000, 0, 4096, 31, 2049], 16, 4, 128, 32, 32, torch.bfloat16, seed=7)
     for splits in (None, 1, 8):
         assert_matches_reference(case, num_splits=splits)
+
+
+@pytest.mark.parametrize("split_kv", [False, True])
+def test_tile_shape_uses_the_swept_launch_options(split_kv):
+    """LLaDA2.0-mini (group 4, head dim 128, 32-token blocks) in bf16: a full-height 128-row tile; the
+    launch options bench/attention_sweep.py measured best on the H100 for one-wave and split grids."""
+    shape = attention_plan.tile_shape(4, 128, 32, torch.bfloat16, split_kv)
+    assert shape["BLOCK_Q"] * 4 == 128 and shape["BLOCK_N"] == 64
+    assert (shape["num_warps"], shape["num_stages"]) == ((8, 3) if split_kv else (4, 2))

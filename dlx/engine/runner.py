@@ -5,11 +5,23 @@ import torch
 from dlx.engine.request import Request
 from dlx.engine.scheduler import StepPlan
 from dlx.kernels.attention import AttentionMetadata
+from dlx.models.moe import Router, SparseMoE
+
+
+def configure_kernels(model: torch.nn.Module, attn_impl: str, moe_impl: str) -> None:
+    """Select every kernel path of a model: the Triton attention brings the fused norms, rotary and
+    KV store with it ("naive" = plain PyTorch everywhere); the MoE has its own switch."""
+    for attn in model.attention_layers():
+        attn.attn_impl = attn_impl
+    model.set_kernel_impl("triton" if attn_impl == "triton_grouped" else "naive")
+    for module in model.modules():
+        if isinstance(module, (SparseMoE, Router)):
+            module.impl = moe_impl
 
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, block_size: int, page_size: int, num_pages: int,
-                 attn_impl: str = "naive"):
+                 attn_impl: str = "naive", moe_impl: str = "naive"):
         self.model, self.block_size, self.page_size = model, block_size, page_size
         self.device = next(model.parameters()).device
         layers = model.attention_layers()
@@ -19,7 +31,7 @@ class ModelRunner:
         self.kv_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         for i, attn in enumerate(layers):
             attn.k_cache, attn.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]
-            attn.attn_impl = attn_impl
+        configure_kernels(model, attn_impl, moe_impl)
 
     @staticmethod
     def page_bytes(model: torch.nn.Module, page_size: int) -> int:

@@ -3,6 +3,7 @@ else the step's quota of most confident); `edit` also rewrites filled tokens of 
 import torch
 
 from dlx.engine.request import Request
+from dlx.kernels.sampling import SAMPLING_IMPLS, argmax_prob
 
 
 def quota(step: int, masked_at_start: int, steps: int) -> int:
@@ -39,8 +40,12 @@ def choose_tokens(logits: torch.Tensor, req: Request) -> tuple[torch.Tensor, tor
 
 class Sampler:
     def __init__(self, mask_id: int, accept_threshold: float, semi_complete_threshold: float,
-                 edit_threshold: float, max_post_edit_steps: int):
-        self.mask_id = mask_id
+                 edit_threshold: float, max_post_edit_steps: int, impl: str = "naive"):
+        """impl "triton": greedy requests take (token, probability) from the one-pass argmax_prob kernel
+        instead of softmax + argmax + gather; sampled requests are unaffected."""
+        if impl not in SAMPLING_IMPLS:
+            raise ValueError(f"unknown sampler impl {impl!r}; expected one of {SAMPLING_IMPLS}")
+        self.mask_id, self.impl = mask_id, impl
         self.accept, self.semi = accept_threshold, semi_complete_threshold
         self.edit, self.max_post_edit = edit_threshold, max_post_edit_steps
 
@@ -55,9 +60,12 @@ class Sampler:
     @torch.no_grad()
     def apply(self, req: Request, positions: list[int], logits: torch.Tensor) -> int:
         """Commit this step's tokens into req.tokens; returns how many masks were filled."""
-        logits = logits.float()
-        logits[:, self.mask_id] = float("-inf")
-        tokens, conf = choose_tokens(logits, req)
+        if self.impl != "naive" and req.params.greedy:
+            tokens, conf = argmax_prob(logits, self.mask_id, self.impl)   # the mask token excluded in-kernel
+        else:
+            logits = logits.float()
+            logits[:, self.mask_id] = float("-inf")
+            tokens, conf = choose_tokens(logits, req)
         tokens, conf = tokens.tolist(), conf.tolist()
         active = req.active_blocks()
         before = {b: req.progress(b) for b in [active[0] - 1] + active}

@@ -1,19 +1,15 @@
 """Triton paged block-diffusion attention, grouped by KV head, with a split-KV (flash-decoding) variant.
 One program serves every query head of a KV group, so each K/V tile it loads is read once per group."""
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from dlx.kernels.attention import AttentionMetadata
+from dlx.kernels.attention_plan import host_summary, launch_plan, padded_head_dim
 
 LOG2E = 1.4426950408889634
 # A finite "minus infinity" for running maxima: a row that has seen no key yet never computes inf - inf.
 NEG_BIG = tl.constexpr(-1.0e30)
-MIN_KEYS_PER_SPLIT = 256   # below this a split costs more in launch and combine than it saves
-MAX_SPLITS = 32
-FALLBACK_SM_COUNT = 132    # H100; only used where no CUDA device answers (interpreter runs)
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
@@ -32,7 +28,12 @@ def _online_softmax_step(q, keys, values, visible, acc, row_max, row_sum, qk_sca
     return acc, new_max, row_sum
 
 
-@triton.jit
+# Integers that change with the batch (page-table width, split count, workspace strides) are not
+# specialised on, so a new batch shape never stalls a step to compile another kernel variant.
+BATCH_DEPENDENT_ARGS = ["num_splits", "stride_table", "stride_pacc_split", "stride_pstat_split"]
+
+
+@triton.jit(do_not_specialize=BATCH_DEPENDENT_ARGS)
 def _paged_attention_kernel(
         q_ptr, k_ptr, v_ptr, out_ptr, positions_ptr, k_cache_ptr, v_cache_ptr, cu_seqlens_ptr,
         context_lens_ptr, page_table_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, qk_scale, num_splits,
@@ -127,7 +128,7 @@ def _paged_attention_kernel(
                  out.to(out_ptr.dtype.element_ty), mask=store_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits", "stride_pacc_split", "stride_pstat_split"])
 def _combine_splits_kernel(part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr, positions_ptr, num_splits,
                            stride_pacc_split, stride_pacc_row, stride_pacc_head, stride_pstat_split,
                            stride_pstat_row, stride_on, stride_oh, NUM_HEADS: tl.constexpr,
@@ -162,53 +163,6 @@ def _combine_splits_kernel(part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr, po
              out.to(out_ptr.dtype.element_ty), mask=head_ok[:, None] & d_ok)
 
 
-def padded_head_dim(head_dim: int) -> int:
-    """Tiles span a power of two along the head dimension, at least 16 (the MMA minimum)."""
-    return max(16, triton.next_power_of_2(head_dim))
-
-
-def choose_num_splits(num_programs: int, max_context_len: int, num_sms: int) -> int:
-    """Split the cached range only when the grid would leave SMs idle and there is context to share:
-    as many splits as still fit one wave (a partial second wave would cost a whole one), each at
-    least MIN_KEYS_PER_SPLIT keys, at most MAX_SPLITS."""
-    if 2 * num_programs > num_sms or max_context_len < 2 * MIN_KEYS_PER_SPLIT:
-        return 1
-    by_sms = num_sms // num_programs
-    by_context = max_context_len // MIN_KEYS_PER_SPLIT
-    return max(1, min(by_sms, by_context, MAX_SPLITS))
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return FALLBACK_SM_COUNT
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def _host_summary(meta: AttentionMetadata) -> tuple[int, int, int]:
-    """(max query len, max context len, total rows), derived once per forward from host lists."""
-    summary = meta.kernel_cache.get("host_summary")
-    if summary is None:
-        summary = (max(meta.query_lens, default=0), max(meta.context_lens_host, default=0),
-                   sum(meta.query_lens))
-        meta.kernel_cache["host_summary"] = summary
-    return summary
-
-
-def _tile_shape(group_pad: int, head_dim: int, max_query_len: int, dtype: torch.dtype) -> dict:
-    """Tile sizes and launch options. A tile holds up to 128 (query, head) rows, so one K/V tile feeds
-    a full-height MMA even for short diffusion blocks, and at least 16 (the MMA minimum). fp32 dots
-    run on FMA units and take far more registers: smaller tiles there (sm_90 ptxas: no spills)."""
-    wide = dtype == torch.float32
-    rows_cap = 32 if wide else 128
-    block_q = min(max(1, rows_cap // group_pad),
-                  max(triton.next_power_of_2(max(max_query_len, 1)), 16 // group_pad, 1))
-    tile_elements = block_q * group_pad * head_dim
-    return dict(BLOCK_Q=block_q, BLOCK_N=16 if wide else 64,
-                num_warps=8 if tile_elements >= (32 if wide else 64) * 128 else 4,
-                num_stages=2 if wide else 3)
-
-
 def _shared_layout(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V are addressed with one set of strides and a contiguous head dimension; views split from a
     fused QKV and caches allocated together already qualify, anything else is copied."""
@@ -217,31 +171,25 @@ def _shared_layout(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Ten
     return first.contiguous(), second.contiguous()
 
 
-def launch_plan(q: torch.Tensor, num_kv_heads: int, meta: AttentionMetadata, cached: bool) -> tuple[dict, int, int]:
-    """(tile shape, query tiles per request, automatic split count) of one forward's attention calls."""
-    max_query_len, max_context_len, _ = _host_summary(meta)
-    shape = _tile_shape(triton.next_power_of_2(q.shape[1] // num_kv_heads), padded_head_dim(q.shape[2]),
-                        max_query_len, q.dtype)
-    q_tiles = triton.cdiv(max_query_len, shape["BLOCK_Q"])
-    splits = choose_num_splits(meta.num_requests * num_kv_heads * q_tiles, max_context_len if cached else 0,
-                               _sm_count(q.device))
-    return shape, q_tiles, splits
-
-
 def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                            k_cache: torch.Tensor | None, v_cache: torch.Tensor | None,
-                           meta: AttentionMetadata, scale: float, *, num_splits: int | None = None) -> torch.Tensor:
+                           meta: AttentionMetadata, scale: float, *, num_splits: int | None = None,
+                           tile: dict | None = None) -> torch.Tensor:
     """Same contract as attention_reference. num_splits None picks split-KV by choose_num_splits;
-    1 forces the single-pass kernel, more forces that many splits of the cached range."""
+    1 forces the single-pass kernel, more forces that many splits of the cached range. `tile`
+    overrides launch options (BLOCK_N, num_warps, num_stages): for tuning sweeps."""
     q = q if q.stride(-1) == 1 else q.contiguous()
     (k, v), out = _shared_layout(k, v), torch.empty_like(q)
-    _, max_context_len, total_rows = _host_summary(meta)
+    _, max_context_len, total_rows = host_summary(meta)
     (_, num_heads, head_dim), num_kv_heads = q.shape, k.shape[1]
     if total_rows == 0:
         return out
     has_cache = k_cache is not None and meta.page_tables is not None and max_context_len > 0
     shape, q_tiles, auto_splits = launch_plan(q, num_kv_heads, meta, has_cache)
     num_splits = auto_splits if num_splits is None else num_splits
+    if tile:
+        shape = {**shape, **tile}
+        q_tiles = triton.cdiv(host_summary(meta)[0], shape["BLOCK_Q"])
     k_cache, v_cache = _shared_layout(k_cache, v_cache) if has_cache else (k[:1, None], v[:1, None])
     table = meta.page_tables if has_cache else meta.cu_seqlens_q
     part_acc = part_max = part_sum = out  # the single-pass variant never touches these

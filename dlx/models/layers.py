@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlx.kernels.norm import rms_norm
+from dlx.kernels.rotary import qk_norm_rotary, qk_norm_rotary_triton
 from dlx.models.parallel import all_reduce, divide, tp_rank, tp_size
 
 
@@ -12,22 +14,25 @@ def copy_full(param: torch.Tensor, loaded: torch.Tensor) -> None:
 
 
 class RMSNorm(nn.Module):
-    """Normalise in fp32, cast back, then scale: the order the LLaDA2 reference code uses."""
+    """Normalise in fp32, cast back, then scale: the order the LLaDA2 reference code uses. Given a residual,
+    normalises x + residual and also returns that sum (the next residual), so the add fuses with the norm.
+    `impl` ("naive" | "triton") is set by LLaDA2Model.set_kernel_impl."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(dim))
         self.weight.weight_loader = copy_full
+        self.impl = "naive"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return rms_norm(x, self.weight, self.eps, residual, self.impl)
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotate-half rotary on the first `rotary_dim` dims; fp32 tables, applied in the activation dtype."""
+    """Rotate-half rotary on the first `rotary_dim` dims; fp32 tables, applied in the activation dtype.
+    `impl` ("naive" | "triton") is set by LLaDA2Model.set_kernel_impl."""
 
     def __init__(self, rotary_dim: int, theta: float, max_positions: int):
         super().__init__()
@@ -37,15 +42,13 @@ class RotaryEmbedding(nn.Module):
         angles = torch.cat([freqs, freqs], dim=-1)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
+        self.impl = "naive"
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x [N, heads, head_dim]; positions [N]."""
-        cos = self.cos[positions].to(x.dtype)[:, None, :]
-        sin = self.sin[positions].to(x.dtype)[:, None, :]
-        rot, rest = x[..., :self.rotary_dim], x[..., self.rotary_dim:]
-        half = self.rotary_dim // 2
-        rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
-        return torch.cat([rot * cos + rotated * sin, rest], dim=-1)
+        """x [N, heads, head_dim]; positions [N]. Returns a new tensor (x is not modified)."""
+        if self.impl == "triton":
+            return qk_norm_rotary_triton(x, None, None, None, self.cos, self.sin, positions, 0.0, inplace=False)[0]
+        return qk_norm_rotary(x, None, None, None, self.cos, self.sin, positions, 0.0, self.impl)[0]  # naive
 
 
 class ReplicatedLinear(nn.Module):

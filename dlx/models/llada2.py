@@ -7,6 +7,7 @@ from torch import nn
 
 from dlx.kernels.attention import AttentionMetadata, paged_attention
 from dlx.kernels.kv_store import store_kv
+from dlx.kernels.rotary import qk_norm_rotary
 from dlx.models.layers import QKVParallelLinear, ReplicatedLinear, RMSNorm, RotaryEmbedding, \
     RowParallelLinear, SwiGLU, copy_full
 from dlx.models.moe import Router, SparseMoE
@@ -100,13 +101,22 @@ class Attention(nn.Module):
         self.k_cache: torch.Tensor | None = None  # [pages, page_size, kv_heads, head_dim], set by the runner
         self.v_cache: torch.Tensor | None = None
         self.attn_impl = "naive"                  # or "triton_grouped", set by the runner
+        self.qk_impl = "naive"                    # or "triton": fused qk norm + rotary (set_kernel_impl)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         qkv = self.query_key_value(x).view(len(x), -1, self.head_dim)
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
-        if self.query_layernorm is not None:
-            q, k = self.query_layernorm(q), self.key_layernorm(k)
-        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        if self.qk_impl != "naive":
+            # One kernel for norm + rotary of q and k, written in place into qkv: q, k and v stay views with
+            # one layout, so the KV store and the Triton attention read them without a copy.
+            weights = (None, None) if self.query_layernorm is None else \
+                (self.query_layernorm.weight, self.key_layernorm.weight)
+            eps = 0.0 if self.query_layernorm is None else self.query_layernorm.eps
+            q, k = qk_norm_rotary(q, k, *weights, self.rotary.cos, self.rotary.sin, positions, eps, self.qk_impl)
+        else:
+            if self.query_layernorm is not None:
+                q, k = self.query_layernorm(q), self.key_layernorm(k)
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
         if self.k_cache is not None and meta.slot_mapping is not None:
             store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping, self.attn_impl)
         out = paged_attention(q, k, v, positions, self.k_cache, self.v_cache, meta, self.scale, self.attn_impl)
@@ -128,9 +138,19 @@ class DecoderLayer(nn.Module):
         else:
             self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        h = x + self.attention(self.input_layernorm(x), positions, meta)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual stream is carried beside the layer output, as vLLM does, so every residual add fuses
+        with the norm after it: takes (previous MLP output, residual), or (embeddings, None) for the first
+        layer; returns (MLP output, residual). Same arithmetic as h = x + attn(norm1(x)); out = h + mlp(norm2(h)):
+        each sum is formed once, by the norm that consumes it (a + b == b + a exactly in floating point)."""
+        if residual is None:
+            residual, normed = x, self.input_layernorm(x)
+        else:
+            normed, residual = self.input_layernorm(x, residual)
+        attn_out = self.attention(normed, positions, meta)
+        normed, residual = self.post_attention_layernorm(attn_out, residual)
+        return self.mlp(normed), residual
 
 
 class LLaDA2Model(nn.Module):
@@ -149,13 +169,25 @@ class LLaDA2Model(nn.Module):
             self.lm_head.weight = self.word_embeddings.weight
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        x = self.word_embeddings(input_ids)
+        x, residual = self.word_embeddings(input_ids), None
         for layer in self.layers:
-            x = layer(x, positions, meta)
-        return self.norm(x)
+            x, residual = layer(x, positions, meta, residual)
+        return self.norm(x) if residual is None else self.norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
 
     def attention_layers(self) -> list[Attention]:
         return [layer.attention for layer in self.layers]
+
+    def set_kernel_impl(self, impl: str) -> None:
+        """Kernels of every RMSNorm (residual adds included), the rotary table and the attention layers'
+        qk norm + rotary: "naive" (PyTorch) or "triton". The MoE and the attention itself (attn_impl) are
+        switched separately."""
+        if impl not in ("naive", "triton"):
+            raise ValueError(f"unknown kernel impl {impl!r}; expected 'naive' or 'triton'")
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, RotaryEmbedding)):
+                module.impl = impl
+            elif isinstance(module, Attention):
+                module.qk_impl = impl

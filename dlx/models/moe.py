@@ -5,8 +5,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlx.kernels.moe import moe_reference
+from dlx.kernels.moe_router import route_reference
 from dlx.models.layers import SwiGLU, copy_full
 from dlx.models.parallel import all_reduce, divide, tp_rank, tp_size
+
+MOE_IMPLS = ("naive", "triton")
 
 
 class Router(nn.Module):
@@ -24,22 +27,18 @@ class Router(nn.Module):
         if has_bias:
             self.expert_bias = nn.Parameter(torch.empty(num_experts, dtype=torch.float32))
             self.expert_bias.weight_loader = copy_full
+        self.impl = "naive"  # or "triton": one fused kernel after the logits GEMM; set by the runner
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = F.linear(x.float(), self.weight.float())
-        scores = torch.sigmoid(logits) if self.score_function == "sigmoid" else torch.softmax(logits, -1)
-        choice = scores if self.expert_bias is None else scores + self.expert_bias.float()
-        if self.n_group > 1 and self.topk_group < self.n_group:
-            grouped = choice.view(len(x), self.n_group, -1)
-            group_score = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)
-            best_groups = group_score.topk(self.topk_group, dim=-1, sorted=False).indices
-            keep = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, best_groups, True)
-            choice = choice.masked_fill(~keep.repeat_interleave(grouped.shape[-1], dim=1), float("-inf"))
-        topk_ids = choice.topk(self.top_k, dim=-1).indices
-        weights = scores.gather(1, topk_ids)
-        if self.top_k > 1:
-            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-        return topk_ids, weights * self.scaling
+        bias = None if self.expert_bias is None else self.expert_bias.float()
+        route = route_reference
+        if self.impl == "triton":
+            from dlx.kernels.moe_router import route_triton  # first use only: CPU installs need no Triton
+            route = route_triton
+        elif self.impl != "naive":
+            raise ValueError(f"unknown router impl {self.impl!r}; expected one of {MOE_IMPLS}")
+        return route(logits, bias, self.top_k, self.n_group, self.topk_group, self.scaling, self.score_function)
 
 
 class SparseMoE(nn.Module):
@@ -55,6 +54,7 @@ class SparseMoE(nn.Module):
         self.w13.weight_loader = self.load_w13
         self.w2.weight_loader = self.load_w2
         self.shared_experts = SwiGLU(hidden, moe_intermediate * num_shared, reduce=False) if num_shared else None
+        self.impl = "naive"  # or "triton" (fused_moe); the runner sets it, and the router's own impl beside it
 
     def load_w13(self, param: torch.Tensor, loaded: torch.Tensor, expert: int | None, part: int) -> None:
         """part 0 = gate rows, 1 = up rows; expert None = all experts stacked in `loaded`."""
@@ -70,7 +70,13 @@ class SparseMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         topk_ids, topk_weights = self.gate(x)
-        y = moe_reference(x, self.w13, self.w2, topk_ids, topk_weights)
+        if self.impl == "naive":
+            y = moe_reference(x, self.w13, self.w2, topk_ids, topk_weights)
+        elif self.impl == "triton":
+            from dlx.kernels.moe_triton import fused_moe  # first use only: CPU installs need no Triton
+            y = fused_moe(x, self.w13, self.w2, topk_ids, topk_weights)
+        else:
+            raise ValueError(f"unknown MoE impl {self.impl!r}; expected one of {MOE_IMPLS}")
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         return all_reduce(y)

@@ -44,6 +44,8 @@ class Leader:
         self.owner: dict[str, int] = {}              # request id → channel index
         self.sent: dict[str, tuple[int, list[int]]] = {}  # request id → (stable length, region) last sent
         self.internal_aborts: list[dict] = []
+        self.early: list[dict] = []                  # commands drained while waiting for followers
+        self.last_step_s = 0.0
         self.metrics = EngineMetrics()
         self.parent = os.getppid()
         self.last_publish = 0.0
@@ -56,8 +58,8 @@ class Leader:
             while not self.should_stop():
                 if not self.engine.has_work():
                     self.channels.ready(IDLE_WAIT_S)
-                commands = self.drain() + self.internal_aborts
-                self.internal_aborts = []
+                commands = self.early + self.drain() + self.internal_aborts
+                self.early, self.internal_aborts = [], []
                 if commands or self.engine.has_work():
                     if self.sync:
                         self.sync(commands)
@@ -66,7 +68,7 @@ class Leader:
                         if cmd["type"] == "abort":
                             self.forget(cmd["rid"])
                     if self.engine.has_work():
-                        self.step()
+                        self.wait_for_followers(self.step())
                 self.publish(force=not self.engine.has_work())
         finally:
             if self.sync:
@@ -101,14 +103,37 @@ class Leader:
                 self.send(cmd["rid"], {"type": "error", "rid": cmd["rid"], "message": error, "code": code})
                 self.forget(cmd["rid"])
 
-    def step(self) -> None:
+    def step(self) -> int:
+        """One engine step and its snapshots; returns how many requests finished."""
         started = time.perf_counter()
         outputs = self.engine.step()
-        self.metrics.record_step(time.perf_counter() - started, self.engine.last_metrics)
+        self.last_step_s = time.perf_counter() - started
+        self.metrics.record_step(self.last_step_s, self.engine.last_metrics)
+        finished = 0
         for out in outputs:
             if out.finished:
                 self.metrics.record_finish(out)
+                finished += 1
             self.send_output(out)
+        return finished
+
+    def wait_for_followers(self, finished: int) -> None:
+        """After a step that finished requests while others keep decoding, give the clients' next requests
+        a moment to arrive (a closed-loop client answers in about a millisecond) so they join the next
+        step rather than the one after: at most admission_wait_ms and a quarter of the last step."""
+        limit = min(self.engine.cfg.admission_wait_ms / 1000, self.last_step_s / 4)
+        room = self.engine.cfg.max_num_reqs - len(self.engine.scheduler.running) - len(self.engine.scheduler.waiting)
+        if finished == 0 or limit <= 0 or room <= 0 or not self.engine.has_work():
+            return
+        deadline = time.perf_counter() + limit
+        arrived = 0
+        while arrived < min(finished, room):
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0 or not self.channels.ready(remaining):
+                return
+            got = self.drain()
+            self.early += got
+            arrived += sum(cmd["type"] == "generate" for cmd in got)
 
     def send_output(self, out: StepOutput) -> None:
         last_stable, last_region = self.sent.get(out.rid, (0, None))

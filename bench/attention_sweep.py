@@ -1,0 +1,56 @@
+"""Attention launch-option sweep on the GPU: for each (requests, context) case of the kernel benchmark,
+times every tile shape x split count and prints the best ones against the measured copy bandwidth."""
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernels import attention_batch, copy_bandwidth, time_ms  # noqa: E402
+
+from dlx.kernels import attention_triton  # noqa: E402
+
+CASES = [(1, 4096), (1, 8192), (8, 4096), (8, 8192), (64, 4096), (64, 8192), (64, 1024), (8, 1024)]
+TILES = [dict(BLOCK_Q=bq, BLOCK_N=bn, num_warps=w, num_stages=s)
+         for bq, bn, w, s in itertools.product((32, 16), (32, 64, 128), (4, 8), (2, 3, 4))]
+SPLITS = (1, 2, 3, 4, 8, 16, 32, 64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--top", type=int, default=5)
+    options = parser.parse_args()
+    copy_rate = copy_bandwidth()
+    torch.cuda.empty_cache()
+    print(f"# attention sweep on {torch.cuda.get_device_name()}, copy bandwidth {copy_rate / 1e12:.2f} TB/s")
+    for num_requests, context_len in CASES:
+        args, bytes_moved = attention_batch(num_requests, context_len)
+        reference = attention_triton.paged_attention_triton(*args)
+        auto_ms = time_ms(lambda: attention_triton.paged_attention_triton(*args), iters=10)
+        results = []
+        for tile, splits in itertools.product(TILES, SPLITS):
+            if splits * 256 > context_len:
+                continue
+            def run():
+                return attention_triton.paged_attention_triton(*args, num_splits=splits, tile=tile)
+            try:
+                error = (run().float() - reference.float()).abs().max().item()
+                ms = time_ms(run, iters=10)
+            except Exception as exc:  # out of shared memory / registers for this shape
+                print(f"  skip {tile} splits {splits}: {type(exc).__name__}")
+                continue
+            results.append((ms, splits, tile, error))
+        results.sort(key=lambda r: r[0])
+        print(f"\n## {num_requests} requests x context {context_len} ({bytes_moved / 1e6:.1f} MB): "
+              f"current heuristic {auto_ms:.4f} ms = {100 * bytes_moved / (auto_ms * 1e-3) / copy_rate:.0f}% copy")
+        for ms, splits, tile, error in results[:options.top]:
+            print(f"  {ms:.4f} ms  {100 * bytes_moved / (ms * 1e-3) / copy_rate:5.1f}%  splits {splits:2d}  "
+                  f"{tile}  err {error:.1e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Launch planning for the paged attention kernel: tile shapes, warps and stages per dtype and grid size,
+and how many splits of the cached range (flash-decoding) fill the GPU. Host-side numbers only."""
+import functools
+
+import torch
+import triton
+
+from dlx.kernels.attention import AttentionMetadata
+
+MIN_KEYS_PER_SPLIT = 256   # below this a split costs more in launch and combine than it saves
+MAX_SPLITS = 32
+FALLBACK_SM_COUNT = 132    # H100; only used where no CUDA device answers (interpreter runs)
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """Tiles span a power of two along the head dimension, at least 16 (the MMA minimum)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def choose_num_splits(num_programs: int, max_context_len: int, num_sms: int) -> int:
+    """Split the cached range only when the grid would leave SMs idle and there is context to share:
+    as many splits as still fit one wave (a partial second wave would cost a whole one), each at
+    least MIN_KEYS_PER_SPLIT keys, at most MAX_SPLITS."""
+    if 2 * num_programs > num_sms or max_context_len < 2 * MIN_KEYS_PER_SPLIT:
+        return 1
+    by_sms = num_sms // num_programs
+    by_context = max_context_len // MIN_KEYS_PER_SPLIT
+    return max(1, min(by_sms, by_context, MAX_SPLITS))
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return FALLBACK_SM_COUNT
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def host_summary(meta: AttentionMetadata) -> tuple[int, int, int]:
+    """(max query len, max context len, total rows), derived once per forward from host lists."""
+    summary = meta.kernel_cache.get("host_summary")
+    if summary is None:
+        summary = (max(meta.query_lens, default=0), max(meta.context_lens_host, default=0),
+                   sum(meta.query_lens))
+        meta.kernel_cache["host_summary"] = summary
+    return summary
+
+
+def tile_shape(group_pad: int, head_dim: int, max_query_len: int, dtype: torch.dtype, split_kv: bool) -> dict:
+    """Tile sizes and launch options. A tile holds up to 128 (query, head) rows, so one K/V tile feeds
+    a full-height MMA even for short diffusion blocks, and at least 16 (the MMA minimum). fp32 dots
+    run on FMA units and take far more registers: smaller tiles there (sm_90 ptxas: no spills).
+    Warps and stages for 16-bit tiles come from the H100 sweep (bench/attention_sweep.py): when the
+    grid fills the GPU, 4 warps and 2 stages (73-77% of copy bandwidth at 64 requests x 4k-8k keys,
+    against 61-64% with 8 warps); split-KV grids of less than a wave, 8 warps and 3 stages."""
+    wide = dtype == torch.float32
+    rows_cap = 32 if wide else 128
+    block_q = min(max(1, rows_cap // group_pad),
+                  max(triton.next_power_of_2(max(max_query_len, 1)), 16 // group_pad, 1))
+    big_tile = block_q * group_pad * head_dim >= (32 if wide else 64) * 128
+    if wide:
+        return dict(BLOCK_Q=block_q, BLOCK_N=16, num_warps=8 if big_tile else 4, num_stages=2)
+    if split_kv:
+        return dict(BLOCK_Q=block_q, BLOCK_N=64, num_warps=8 if big_tile else 4, num_stages=3)
+    return dict(BLOCK_Q=block_q, BLOCK_N=64, num_warps=4, num_stages=2)
+
+
+def launch_plan(q: torch.Tensor, num_kv_heads: int, meta: AttentionMetadata, cached: bool) -> tuple[dict, int, int]:
+    """(tile shape, query tiles per request, automatic split count) of one forward's attention calls."""
+    max_query_len, max_context_len, _ = host_summary(meta)
+    group_pad, head_dim_pad = triton.next_power_of_2(q.shape[1] // num_kv_heads), padded_head_dim(q.shape[2])
+    shape = tile_shape(group_pad, head_dim_pad, max_query_len, q.dtype, split_kv=False)
+    q_tiles = triton.cdiv(max_query_len, shape["BLOCK_Q"])
+    splits = choose_num_splits(meta.num_requests * num_kv_heads * q_tiles, max_context_len if cached else 0,
+                               sm_count(q.device))
+    if splits > 1:
+        shape = tile_shape(group_pad, head_dim_pad, max_query_len, q.dtype, split_kv=True)
+    return shape, q_tiles, splits

@@ -1,0 +1,228 @@
+"""Fused MoE and router kernels against their PyTorch references: routings with empty and crowded experts,
+both tile configurations, sync-free alignment, and a tiny LLaDA2 model's logits with the kernels switched on.
+On CPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1 before Triton is imported)."""
+import math
+
+import pytest
+import torch
+
+from dlx.kernels.attention import AttentionMetadata
+from triton_support import DEVICE, import_triton
+
+triton = import_triton()
+
+from dlx.kernels import moe_triton  # noqa: E402  (must follow the interpreter set-up)
+from dlx.kernels.moe import moe_reference  # noqa: E402
+from dlx.kernels.moe_router import route_reference, route_triton  # noqa: E402
+from dlx.models import load_model  # noqa: E402
+from dlx.models.moe import Router, SparseMoE  # noqa: E402
+
+MINI = dict(hidden=2048, inter=512, experts=256, top_k=8, n_group=8, topk_group=4)  # LLaDA2.0-mini layer
+
+
+def make_weights(hidden: int, inter: int, experts: int, dtype: torch.dtype, seed: int = 0):
+    """x-scale-preserving weights: gate/up outputs and expert outputs are O(1)."""
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    w13 = torch.randn(experts, 2 * inter, hidden, generator=gen, device=DEVICE) * hidden ** -0.5
+    w2 = torch.randn(experts, hidden, inter, generator=gen, device=DEVICE) * inter ** -0.5
+    return w13.to(dtype), w2.to(dtype)
+
+
+def balanced_routing(tokens: int, experts: int, top_k: int, seed: int = 0):
+    """Each token's experts drawn uniformly without replacement; weights positive, summing to 2.5."""
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    ids = torch.multinomial(torch.ones(tokens, experts, device=DEVICE), top_k, generator=gen)
+    weights = torch.rand(tokens, top_k, generator=gen, device=DEVICE) + 0.1
+    return ids, 2.5 * weights / weights.sum(-1, keepdim=True)
+
+
+def assert_close_to_reference(x, w13, w2, ids, weights) -> torch.Tensor:
+    # fp32: the kernel and the reference differ only in summation order, so 1e-5 is tight. bf16: the reference
+    # rounds gate, up, SwiGLU and each expert's output to bf16, the kernel keeps them in fp32 until h and the
+    # weighted slot rows; allowed: 4 bf16 ulps at the output's largest magnitude (observed: up to 3, H 32-1024).
+    expected = moe_reference(x, w13, w2, ids, weights)
+    got = moe_triton.fused_moe(x, w13, w2, ids, weights)
+    assert got.dtype == x.dtype and got.shape == expected.shape
+    if x.dtype == torch.float32:
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    else:
+        scale = expected.float().abs().max().item()
+        ulp = torch.finfo(x.dtype).eps * 2.0 ** math.floor(math.log2(scale))
+        assert (got.float() - expected.float()).abs().max().item() <= 4 * ulp
+    return got
+
+
+@pytest.mark.parametrize("tokens,hidden,inter,experts,top_k,dtype", [
+    (1, 32, 16, 4, 1, torch.float32),
+    (5, 32, 24, 8, 2, torch.float32),     # I = 24: a partial column tile
+    (33, 48, 32, 16, 4, torch.float32),   # H = 48: a partial K tile in the gate/up GEMM
+    (70, 64, 32, 4, 4, torch.float32),    # 70 rows per expert: the 64-row tile configuration
+    (5, 32, 16, 16, 4, torch.bfloat16),
+    (33, 64, 24, 8, 2, torch.bfloat16),
+    (70, 64, 32, 4, 4, torch.bfloat16),
+])
+def test_fused_moe_matches_reference(tokens, hidden, inter, experts, top_k, dtype):
+    w13, w2 = make_weights(hidden, inter, experts, dtype, seed=tokens)
+    x = torch.randn(tokens, hidden, device=DEVICE).to(dtype)
+    assert_close_to_reference(x, w13, w2, *balanced_routing(tokens, experts, top_k, seed=tokens))
+
+
+def test_empty_experts_crowded_expert_and_int32_ids():
+    w13, w2 = make_weights(32, 16, 16, torch.float32)
+    x = torch.randn(21, 32, device=DEVICE)
+    ids, weights = balanced_routing(21, 3, 2)
+    assert_close_to_reference(x, w13, w2, (ids * 7).int(), weights)        # experts 0, 7, 14 only
+    crowded = torch.full((21, 1), 5, device=DEVICE)                         # every token on expert 5, K = 1
+    assert_close_to_reference(x, w13, w2, crowded, weights[:, :1])
+
+
+def test_strided_input_no_tokens_and_tensor_parallel_shards():
+    w13, w2 = make_weights(32, 24, 4, torch.float32)
+    x = torch.randn(9, 48, device=DEVICE)[:, :32]                          # rows 48 apart
+    ids, weights = balanced_routing(9, 4, 2)
+    full = assert_close_to_reference(x, w13, w2, ids, weights)
+    # Two tensor-parallel ranks hold halves of the intermediate dimension; their partial sums add up.
+    halves = [moe_triton.fused_moe(x, torch.cat([w13[:, part:part + 12], w13[:, 24 + part:36 + part]], 1),
+                                   w2[:, :, part:part + 12], ids, weights) for part in (0, 12)]
+    torch.testing.assert_close(halves[0] + halves[1], full, atol=1e-5, rtol=1e-5)
+    assert moe_triton.fused_moe(x[:0], w13, w2, ids[:0], weights[:0]).shape == (0, 32)
+
+
+def test_rows_do_not_depend_on_the_rest_of_the_batch():
+    w13, w2 = make_weights(32, 16, 8, torch.float32)
+    x = torch.randn(40, 32, device=DEVICE)
+    ids, weights = balanced_routing(40, 8, 2)
+    alone = moe_triton.fused_moe(x[:3], w13, w2, ids[:3], weights[:3])
+    crowd = moe_triton.fused_moe(x, w13, w2, ids, weights)
+    assert torch.equal(alone, crowd[:3])
+    assert torch.equal(crowd, moe_triton.fused_moe(x, w13, w2, ids, weights))
+
+
+def test_alignment_layout_and_no_host_sync():
+    ids = torch.tensor([[3, 0], [3, 1], [0, 3], [3, 2], [1, 3]], device=DEVICE)
+    order, bounds, block_ends, block_experts, num_blocks = moe_triton.align_by_expert(ids, 5, block_m=2)
+    assert order.tolist() == [1, 4, 3, 8, 7, 0, 2, 5, 6, 9]                # pairs (token*K + slot), stable
+    assert bounds.tolist() == [0, 2, 4, 5, 10, 10]
+    assert block_ends.tolist() == [1, 2, 3, 6, 6] and num_blocks.tolist() == [6]
+    assert block_experts.tolist()[:6] == [0, 1, 2, 3, 3, 3] and set(block_experts.tolist()[6:]) <= {5}
+    # Meta tensors have shapes and no values: an op that needs values on the host would raise here.
+    meta = moe_triton.align_by_expert(torch.empty(32, 8, dtype=torch.long, device="meta"), 256, 16)
+    assert [t.shape[0] for t in meta] == [256, 257, 256, (256 + 256 * 15) // 16, 1]
+    logits = torch.empty(32, 256, device="meta")
+    ids, _ = route_reference(logits, torch.empty(256, device="meta"), 8, 8, 4, 2.5, "sigmoid")
+    assert ids.shape == (32, 8)
+
+
+def test_tile_choice():
+    choose = moe_triton.choose_tiles
+    assert choose(32 * 8, 256, 2048, 512, torch.bfloat16)["gate_up"]["BLOCK_M"] == 16
+    assert choose(256 * 8, 256, 2048, 512, torch.bfloat16)["down"]["BLOCK_M"] == 16
+    assert choose(2048 * 8, 256, 2048, 512, torch.bfloat16)["gate_up"]["BLOCK_M"] == 64
+
+
+def assert_routes_match(logits, bias, top_k, n_group, topk_group, score_function="sigmoid"):
+    """ids compared as sets per token (tie order may differ), weights matched by expert id."""
+    ids, weights = route_triton(logits, bias, top_k, n_group, topk_group, 2.5, score_function)
+    ref_ids, ref_weights = route_reference(logits, bias, top_k, n_group, topk_group, 2.5, score_function)
+    ids, order = ids.long().sort(dim=1)
+    ref_ids, ref_order = ref_ids.sort(dim=1)
+    assert torch.equal(ids, ref_ids)
+    torch.testing.assert_close(weights.gather(1, order), ref_weights.gather(1, ref_order), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("experts,top_k,n_group,topk_group,score_function,has_bias", [
+    (256, 8, 8, 4, "sigmoid", True),     # LLaDA2.0-mini
+    (8, 2, 4, 2, "sigmoid", True),       # the tiny test model
+    (12, 3, 3, 1, "sigmoid", False),     # groups of 4 in a padded 4 x 4 tile
+    (10, 1, 1, 1, "softmax", False),     # no groups, K = 1: weights are not normalised
+    (16, 4, 4, 4, "sigmoid", True),      # every group kept: plain top-k
+])
+def test_router_kernel_matches_torch(experts, top_k, n_group, topk_group, score_function, has_bias):
+    gen = torch.Generator(device=DEVICE).manual_seed(experts)
+    logits = 2 * torch.randn(19, experts, generator=gen, device=DEVICE)
+    bias = 0.1 * torch.randn(experts, generator=gen, device=DEVICE) if has_bias else None
+    assert_routes_match(logits, bias, top_k, n_group, topk_group, score_function)
+
+
+def test_router_kernel_ties_take_the_lowest_index():
+    # Experts 1, 2, 3 tie for the third place: the kernel takes expert 1, torch may take any of them, so
+    # only the weights (the tied scores) are compared with torch here.
+    logits = torch.tensor([[0.0, 1.0, 1.0, 1.0, 0.5, 2.0, 2.0, -1.0]], device=DEVICE)
+    ids, weights = route_triton(logits, None, 3, 1, 1, 2.5, "sigmoid")
+    assert ids.tolist() == [[5, 6, 1]]
+    torch.testing.assert_close(weights, route_reference(logits, None, 3, 1, 1, 2.5, "sigmoid")[1])
+
+
+def test_unknown_impl_rejected():
+    router = Router(8, 4, 2, 1, 1, 1.0, "sigmoid", has_bias=False)
+    moe = SparseMoE(8, 4, 4, 2, 0, router)
+    router.impl = moe.impl = "cutlass"
+    with pytest.raises(ValueError, match="unknown router impl"):
+        router(torch.zeros(2, 8))
+    router.impl = "naive"
+    with pytest.raises(ValueError, match="unknown MoE impl"):
+        moe(torch.zeros(2, 8))
+
+
+def set_moe_impl(model, impl: str) -> None:
+    """What the runner does: the MoE layers and their routers."""
+    for module in model.modules():
+        if isinstance(module, (SparseMoE, Router)):
+            module.impl = impl
+
+
+def test_tiny_model_logits_naive_vs_triton(tiny_dir):
+    # A model of its own (on the GPU where there is one): the shared fixture is never switched.
+    model = load_model(tiny_dir, "float32", DEVICE)
+    ids = torch.arange(10, 46, device=DEVICE)
+    meta = AttentionMetadata.single(len(ids), 8, DEVICE)
+    logits = {}
+    for impl in ("naive", "triton"):
+        set_moe_impl(model, impl)
+        logits[impl] = model.compute_logits(model(ids, torch.arange(len(ids), device=DEVICE), meta))
+    assert len([m for m in model.modules() if isinstance(m, SparseMoE)]) == 2
+    torch.testing.assert_close(logits["triton"], logits["naive"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [32, 256, 2048])
+def test_llada2_mini_layer_bf16(tokens):
+    w13, w2 = make_weights(MINI["hidden"], MINI["inter"], MINI["experts"], torch.bfloat16)
+    x = torch.randn(tokens, MINI["hidden"], device="cuda", dtype=torch.bfloat16)
+    assert_close_to_reference(x, w13, w2, *balanced_routing(tokens, MINI["experts"], MINI["top_k"], seed=tokens))
+    # A router's own (unbalanced) choice, through the kernel router.
+    gen = torch.Generator(device="cuda").manual_seed(tokens)
+    logits = torch.randn(tokens, MINI["experts"], device="cuda", generator=gen)
+    bias = 0.1 * torch.randn(MINI["experts"], device="cuda", generator=gen)
+    assert_routes_match(logits, bias, MINI["top_k"], MINI["n_group"], MINI["topk_group"])
+    ids, weights = route_triton(logits, bias, MINI["top_k"], MINI["n_group"], MINI["topk_group"], 2.5, "sigmoid")
+    assert_close_to_reference(x, w13, w2, ids, weights)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [32, 2048])
+def test_no_host_sync_and_cuda_graph_replay(tokens):
+    """The whole path (router kernel, alignment, GEMMs, slot sum) runs with sync debugging set to error, and
+    a captured graph replayed on new routing gives what a fresh call gives."""
+    w13, w2 = make_weights(MINI["hidden"], MINI["inter"], MINI["experts"], torch.bfloat16)
+    x = torch.randn(tokens, MINI["hidden"], device="cuda", dtype=torch.bfloat16)
+    logits = torch.randn(tokens, MINI["experts"], device="cuda")
+    args = (MINI["top_k"], MINI["n_group"], MINI["topk_group"], 2.5, "sigmoid")
+
+    def layer():
+        ids, weights = route_triton(logits, None, *args)
+        return moe_triton.fused_moe(x, w13, w2, ids, weights)
+    layer()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        layer()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = layer()
+    logits.copy_(torch.randn_like(logits))
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    assert torch.equal(captured, layer())

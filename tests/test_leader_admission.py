@@ -1,0 +1,75 @@
+"""The leader's admission wait: after a step that finished requests, follow-up requests that arrive within
+the bound are drained before the next step; nothing is waited for when nothing finished or nothing fits."""
+from types import SimpleNamespace
+
+from dlx.workers.leader import Leader
+
+
+class StubChannel:
+    def __init__(self, index: int, arrivals: list[dict]):
+        self.index, self.arrivals, self.pending = index, list(arrivals), []
+
+    def has_incoming(self) -> bool:
+        return bool(self.pending)
+
+    def recv(self, timeout: float = 0):
+        return self.pending.pop(0) if self.pending else None
+
+
+class StubChannels:
+    """Each ready() call delivers the next scheduled arrival (as a doorbell would) and counts the waits."""
+
+    def __init__(self, arrivals: list[dict]):
+        self.channels = [StubChannel(0, arrivals)]
+        self.waits = []
+
+    def ready(self, timeout: float) -> list:
+        self.waits.append(timeout)
+        channel = self.channels[0]
+        if channel.arrivals:
+            channel.pending.append(channel.arrivals.pop(0))
+            return [channel]
+        return []
+
+
+def leader_with(arrivals: list[dict], running: int = 3, max_num_reqs: int = 8, wait_ms: float = 50.0) -> Leader:
+    scheduler = SimpleNamespace(running=[object()] * running, waiting=[])
+    engine = SimpleNamespace(cfg=SimpleNamespace(admission_wait_ms=wait_ms, max_num_reqs=max_num_reqs),
+                             scheduler=scheduler, has_work=lambda: running > 0)
+    leader = Leader(engine, StubChannels(arrivals), board=None, slot=1, generation=0)
+    leader.last_step_s = 1.0
+    return leader
+
+
+def generate(rid: str) -> dict:
+    return {"type": "generate", "rid": rid, "prompt": [1], "params": {}}
+
+
+def test_followers_are_drained_before_the_next_step():
+    leader = leader_with([generate("a"), generate("b"), generate("c")])
+    leader.wait_for_followers(finished=2)
+    assert [cmd["rid"] for cmd in leader.early] == ["a", "b"]   # stops once as many arrived as finished
+    assert len(leader.channels.waits) == 2 and all(0 < w <= 0.05 for w in leader.channels.waits)
+    assert leader.owner == {"a": 0, "b": 0}
+
+
+def test_wait_ends_when_nobody_comes():
+    leader = leader_with([])
+    leader.wait_for_followers(finished=1)
+    assert leader.early == [] and len(leader.channels.waits) == 1
+
+
+def test_bounded_by_a_quarter_of_the_step():
+    leader = leader_with([], wait_ms=50.0)
+    leader.last_step_s = 0.004
+    leader.wait_for_followers(finished=1)
+    assert leader.channels.waits and max(leader.channels.waits) <= 0.001
+
+
+def test_no_wait_without_finishes_room_or_setting():
+    for leader, finished in ((leader_with([generate("a")]), 0),
+                             (leader_with([generate("a")], running=8, max_num_reqs=8), 1),
+                             (leader_with([generate("a")], wait_ms=0.0), 1),
+                             (leader_with([generate("a")], running=0), 1)):
+        leader.wait_for_followers(finished)
+        assert leader.channels.waits == [] and leader.early == []
