@@ -16,3 +16,5 @@ timeout 150 python3 bench/kernels.py 2>&1 | tee "$OUT/kernels.md"
 timeout 150 python3 bench/decode.py --requests 32 --max-tokens 64 2>&1 | tail -n 8 | tee "$OUT/decode.md"
 timeout 240 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 64 --max-tokens 64 \
   --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 2>&1 | tail -n 20 | tee "$OUT/serve.md"
+timeout 200 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 32 --max-tokens 256 \
+  --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --port 18322 2>&1 | tail -n 20 | tee "$OUT/serve256.md"
