@@ -3,8 +3,8 @@ and model-level checks: the naive path is the original arithmetic, the Triton pa
 import pytest
 import torch
 
-from test_kernels_norm import assert_close_to_reference, gpu_like_rounding  # noqa: F401  (fixture)
-from triton_support import DEVICE, import_triton
+from test_kernels_norm import assert_close_to_reference as assert_norm_close, gpu_like_rounding  # noqa: F401
+from triton_support import DEVICE, ON_GPU, import_triton
 
 triton = import_triton()
 
@@ -15,6 +15,20 @@ from dlx.models.layers import RotaryEmbedding  # noqa: E402
 
 EPS, MAX_POSITIONS = 1e-6, 4096
 
+
+
+def assert_close_to_reference(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """As the norm tests, except bf16 on the GPU: there rsqrt and the sum of squares may differ from PyTorch's
+    in the last fp32 bit, which flips the bf16 rounding of about 1% of the normalised elements; rotary's
+    x*cos - rot(x)*sin then carries that one-ulp difference of its inputs into outputs that may be near zero.
+    So: within one bf16 ulp of the largest input, measured on the H100 at up to 0.0156 of values ~4."""
+    if expected.dtype == torch.float32 or not ON_GPU:
+        assert_norm_close(got, expected)
+        return
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    torch.testing.assert_close(got.float(), expected.float(), rtol=2 ** -7,
+                               atol=2 ** -7 * expected.float().abs().max().item())
+    assert (got == expected).float().mean() >= 0.9
 
 def make_case(rows: int, q_heads: int, k_heads: int, head_dim: int, rotary_dim: int, dtype: torch.dtype,
               seed: int, norm: bool = True):
@@ -126,6 +140,7 @@ def test_naive_model_is_bit_identical_to_the_original_loop(tiny_dir, dtype):
         assert torch.equal(forward_logits(model, ids), original_forward(model, ids))
 
 
+@pytest.mark.skipif(ON_GPU, reason="the shared tiny model lives on the CPU; the GPU runs the embedded-model case")
 def test_tiny_model_logits_naive_vs_triton_fp32(tiny_model):
     # fp32 through 3 layers, 4 heads of dim 16 (rotary 8): only summation order differs, ~1e-6 per op.
     ids = torch.arange(20, 61).to(DEVICE)
