@@ -18,17 +18,16 @@ EPS, MAX_POSITIONS = 1e-6, 4096
 
 
 def assert_close_to_reference(got: torch.Tensor, expected: torch.Tensor) -> None:
-    """As the norm tests, except bf16 on the GPU: there rsqrt and the sum of squares may differ from PyTorch's
-    in the last fp32 bit, which flips the bf16 rounding of about 1% of the normalised elements; rotary's
-    x*cos - rot(x)*sin then carries that one-ulp difference of its inputs into outputs that may be near zero.
-    So: within one bf16 ulp of the largest input, measured on the H100 at up to 0.0156 of values ~4."""
+    """As the norm tests, except bf16 on the GPU. There the compiled kernel's last bf16 bit differs from
+    PyTorch's separate ops for 12-28% of the rotated elements (H100, with and without the norm; the
+    interpreter matches bit for bit), and x*cos - rot(x)*sin carries a one-ulp input difference into outputs
+    near zero. So on the GPU: within one bf16 ulp of the largest value (measured: up to 0.0156 at ~4)."""
     if expected.dtype == torch.float32 or not ON_GPU:
         assert_norm_close(got, expected)
         return
     assert got.dtype == expected.dtype and got.shape == expected.shape
     torch.testing.assert_close(got.float(), expected.float(), rtol=2 ** -7,
                                atol=2 ** -7 * expected.float().abs().max().item())
-    assert (got == expected).float().mean() >= 0.9
 
 def make_case(rows: int, q_heads: int, k_heads: int, head_dim: int, rotary_dim: int, dtype: torch.dtype,
               seed: int, norm: bool = True):
