@@ -3,6 +3,7 @@
 the HTTP + IPC overhead. `python bench/serve.py --model DIR [--device cuda] [--concurrency 1,32]`."""
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -111,32 +112,44 @@ def tree_cpu_seconds(root: int) -> dict[str, float]:
     return {f"{pid} {stats[pid][1]}": stats[pid][2] for pid in tree if pid in stats}
 
 
-def run_http(url: str, work: list[list[int]], concurrency: int, max_tokens: int, server_pid: int = 0) -> dict:
-    lock, results, queue = threading.Lock(), [], list(work)
+def client_process(url: str, lanes: list[list[list[int]]], max_tokens: int, start_at: float) -> tuple:
+    """One client process: a thread per lane, each sending its prompts one after another (a closed loop)
+    from `start_at` on; returns (results, this process's CPU seconds, when its last lane finished)."""
+    cpu_start = time.process_time()
+    results, lock = [], threading.Lock()
 
-    def client():
+    def lane(prompts: list[list[int]]) -> None:
         session = requests.Session()   # keep-alive: one connection per client, as real clients do
-        while True:
-            with lock:
-                if not queue:
-                    return
-                prompt = queue.pop(0)
+        for prompt in prompts:
             res = one_stream(session, url, prompt, max_tokens)
             with lock:
                 results.append(res)
 
-    before = engine_counters(url)
-    cpu_before = {**tree_cpu_seconds(server_pid), "client": time.process_time()} if server_pid else {}
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    time.sleep(max(0.0, start_at - time.perf_counter()))
+    threads = [threading.Thread(target=lane, args=(prompts,)) for prompts in lanes]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - started
+    return results, time.process_time() - cpu_start, time.perf_counter()
+
+
+def run_http(url: str, work: list[list[int]], concurrency: int, max_tokens: int, clients: tuple,
+             server_pid: int = 0) -> dict:
+    """The closed loop through HTTP: `concurrency` client lanes spread over the client process pool, so the
+    client's own Python is never what the server waits for. `clients` = (process pool, its size)."""
+    lanes = [work[j::concurrency] for j in range(concurrency)]
+    pool, processes = clients
+    before = engine_counters(url)
+    cpu_before = tree_cpu_seconds(server_pid) if server_pid else {}
+    started = time.perf_counter() + 0.2   # every client process is waiting by then
+    parts = pool.starmap(client_process, [(url, lanes[k::processes], max_tokens, started)
+                                             for k in range(min(processes, concurrency))])
+    wall = max(end for _, _, end in parts) - started
+    results = [r for part, _, _ in parts for r in part]
     cpu = {}
     if server_pid:
-        cpu_after = {**tree_cpu_seconds(server_pid), "client": time.process_time()}
+        cpu_after = {**tree_cpu_seconds(server_pid), "client": sum(c for _, c, _ in parts)}
         cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items() if v - cpu_before.get(k, 0.0) > 0.005}
     time.sleep(0.3)   # the leader publishes counters at most every 0.1 s while busy
     after = engine_counters(url)
@@ -174,6 +187,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18321)
     parser.add_argument("--admission-wait-ms", type=float, default=2.0,
                         help="the server's --admission-wait-ms (0 = start the next step at once)")
+    parser.add_argument("--client-processes", type=int, default=4,
+                        help="HTTP client processes the concurrent clients are spread over")
     parser.add_argument("--rounds", type=int, default=3, help="alternating in-process/HTTP rounds (median)")
     parser.add_argument("--open-loop", action="store_true",
                         help="submit every request at once (concurrency = --requests): isolates transport cost "
@@ -182,6 +197,9 @@ def main() -> None:
     levels = [args.requests] if args.open_loop else [int(c) for c in args.concurrency.split(",")]
     args.max_c = max(levels)
     card = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    # Client processes are forked before anything touches the GPU; they only speak HTTP.
+    processes = min(args.client_processes, max(levels))
+    clients = (multiprocessing.get_context("fork").Pool(processes), processes)
     engine = LLMEngine(Config(**engine_args(args)).finalize())
     server = start_server(args, args.port)
     url = f"http://127.0.0.1:{args.port}"
@@ -192,12 +210,13 @@ def main() -> None:
         # round after round (the idle one uses no CPU), and each reports its median run.
         for c in levels:
             run_in_process(engine, prompts(args.requests), c, args.max_tokens)
-            run_http(url, prompts(args.requests), c, args.max_tokens)
+            run_http(url, prompts(args.requests), c, args.max_tokens, clients)
         for _ in range(args.rounds):
             for c in levels:
                 inproc[c].append(run_in_process(engine, prompts(args.requests), c, args.max_tokens))
-                http[c].append(run_http(url, prompts(args.requests), c, args.max_tokens, server.pid))
+                http[c].append(run_http(url, prompts(args.requests), c, args.max_tokens, clients, server.pid))
     finally:
+        clients[0].terminate()
         server.terminate()
         server.wait(60)
     spread = {c: (sorted(round(r["wall_s"], 3) for r in inproc[c]), sorted(round(r["wall_s"], 3) for r in http[c]))
