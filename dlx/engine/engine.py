@@ -108,7 +108,8 @@ class LLMEngine:
             return []
         positions = [self.sampler.logit_positions(req) for req in batch]
         logits = self.runner.run(batch, self.scheduler.plans, positions)
-        committed = [self.sampler.apply(req, pos, lg) for req, pos, lg in zip(batch, positions, logits)]
+        chosen = self.sampler.choose(batch, logits, [len(p) for p in positions])
+        committed = [self.sampler.apply(req, pos, *choice) for req, pos, choice in zip(batch, positions, chosen)]
         self.last_finished = {r.rid: r for r in self.scheduler.postprocess(batch)}
         finished = set(self.last_finished)
         now = time.monotonic()

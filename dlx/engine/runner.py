@@ -41,8 +41,9 @@ class ModelRunner:
         return len(layers) * 2 * page_size * first.num_kv_heads * first.head_dim * itemsize
 
     @torch.no_grad()
-    def run(self, batch: list[Request], plans: dict[str, StepPlan], positions: list[list[int]]) -> list[torch.Tensor]:
-        """One forward for the whole batch; returns per request the logits at `positions[i]`."""
+    def run(self, batch: list[Request], plans: dict[str, StepPlan], positions: list[list[int]]) -> torch.Tensor:
+        """One forward for the whole batch; returns the logits at every request's `positions[i]`, request
+        after request, as one [rows, vocab] tensor."""
         ids, pos, slots, query_lens, contexts, tables, logit_rows = [], [], [], [], [], [], []
         offset = 0
         for req, wanted in zip(batch, positions):
@@ -64,5 +65,4 @@ class ModelRunner:
                                  page_tables.to(self.device), torch.tensor(slots, device=self.device),
                                  self.block_size, query_lens, contexts)
         hidden = self.model(torch.tensor(ids, device=self.device), torch.tensor(pos, device=self.device), meta)
-        logits = self.model.compute_logits(hidden[torch.tensor(logit_rows, dtype=torch.long, device=self.device)])
-        return list(logits.split([len(w) for w in positions]))
+        return self.model.compute_logits(hidden[torch.tensor(logit_rows, dtype=torch.long, device=self.device)])

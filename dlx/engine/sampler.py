@@ -24,17 +24,13 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def choose_tokens(logits: torch.Tensor, req: Request) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token and its probability for each row; greedy takes the lowest id among equal maxima."""
+def sample_tokens(logits: torch.Tensor, req: Request) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampled token and its probability for each row (temperature, top-k, top-p, the request's seed)."""
     p = req.params
-    if p.greedy:
-        probs = logits.softmax(-1)
-        tokens = probs.argmax(-1)
-    else:
-        if req.generator is None and p.seed is not None:
-            req.generator = torch.Generator(device=logits.device).manual_seed(p.seed)
-        probs = filter_logits(logits / p.temperature, p.top_k, p.top_p).softmax(-1)
-        tokens = torch.multinomial(probs, 1, generator=req.generator).squeeze(-1)
+    if req.generator is None and p.seed is not None:
+        req.generator = torch.Generator(device=logits.device).manual_seed(p.seed)
+    probs = filter_logits(logits / p.temperature, p.top_k, p.top_p).softmax(-1)
+    tokens = torch.multinomial(probs, 1, generator=req.generator).squeeze(-1)
     return tokens, probs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -58,15 +54,44 @@ class Sampler:
         return out
 
     @torch.no_grad()
-    def apply(self, req: Request, positions: list[int], logits: torch.Tensor) -> int:
-        """Commit this step's tokens into req.tokens; returns how many masks were filled."""
-        if self.impl != "naive" and req.params.greedy:
-            tokens, conf = argmax_prob(logits, self.mask_id, self.impl)   # the mask token excluded in-kernel
-        else:
-            logits = logits.float()
-            logits[:, self.mask_id] = float("-inf")
-            tokens, conf = choose_tokens(logits, req)
-        tokens, conf = tokens.tolist(), conf.tolist()
+    def choose(self, batch: list[Request], logits: torch.Tensor, sizes: list[int]) -> list[tuple[list, list]]:
+        """(token, probability) lists for every request's rows of the step's logits [rows, vocab]. Greedy
+        requests are reduced together and copied to the host once; sampled ones keep their own generators."""
+        greedy = [req.params.greedy for req in batch]
+        chosen: list[tuple[list, list] | None] = [None] * len(batch)
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        if any(greedy):
+            rows = logits if all(greedy) else logits[torch.tensor(
+                [r for i, g in enumerate(greedy) if g for r in range(starts[i], starts[i] + sizes[i])],
+                dtype=torch.long, device=logits.device)]
+            tokens, conf = self.greedy_choice(rows)
+            # One device-to-host copy for the whole batch; float64 holds every token id and fp32 probability exactly.
+            host_tokens, host_conf = torch.stack([tokens.double(), conf.double()]).tolist()
+            offset = 0
+            for i in (i for i, g in enumerate(greedy) if g):
+                chosen[i] = ([int(t) for t in host_tokens[offset:offset + sizes[i]]], host_conf[offset:offset + sizes[i]])
+                offset += sizes[i]
+        for i, req in enumerate(batch):
+            if not greedy[i]:
+                rows = logits[starts[i]:starts[i] + sizes[i]].float()
+                rows[:, self.mask_id] = float("-inf")
+                tokens, conf = sample_tokens(rows, req)
+                chosen[i] = (tokens.tolist(), conf.tolist())
+        return chosen
+
+    def greedy_choice(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Argmax token (mask excluded) and its probability per row: the one-pass kernel, or softmax + argmax
+        (the lowest id among equal maxima)."""
+        if self.impl != "naive":
+            return argmax_prob(logits, self.mask_id, self.impl)
+        logits = logits.float()
+        logits[:, self.mask_id] = float("-inf")
+        probs = logits.softmax(-1)
+        tokens = probs.argmax(-1)
+        return tokens, probs.gather(-1, tokens[:, None]).squeeze(-1)
+
+    def apply(self, req: Request, positions: list[int], tokens: list[int], conf: list[float]) -> int:
+        """Commit this step's tokens (chosen for `positions`) into req.tokens; returns how many masks were filled."""
         active = req.active_blocks()
         before = {b: req.progress(b) for b in [active[0] - 1] + active}
         by_block: dict[int, list[int]] = {}
