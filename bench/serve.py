@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--buffer-size", type=int, default=1)
     parser.add_argument("--kv-pages", type=int, default=None)
     parser.add_argument("--port", type=int, default=18321)
-    parser.add_argument("--admission-wait-ms", type=float, default=2.0,
+    parser.add_argument("--admission-wait-ms", type=float, default=5.0,
                         help="the server's --admission-wait-ms (0 = start the next step at once)")
     parser.add_argument("--client-processes", type=int, default=4,
                         help="HTTP client processes the concurrent clients are spread over")

@@ -29,7 +29,7 @@ class Config:
     max_num_batched_tokens: int = 4096
     max_num_reqs: int = 128
     max_waiting_requests: int = 1024
-    admission_wait_ms: float = 2.0
+    admission_wait_ms: float = 5.0
     block_size: int = 32
     buffer_size: int = 1
     page_size: int = 32
@@ -175,7 +175,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "device": "cuda or cpu (default: cuda when available)",
         "num_kv_pages": "KV-cache pages (default: sized from --gpu-memory-utilization, or 4096 on CPU)",
         "admission_wait_ms": "after a step that finished requests, wait up to this long (and a quarter of the "
-                             "step) for follow-up requests to join the next step; 0 disables",
+                             "step) for follow-up requests to join the next step, while such waits keep "
+                             "catching arrivals; 0 disables",
         "no_frontend": "start only the engine workers; attach gunicorn frontends separately",
         "api_key": "require 'Authorization: Bearer KEY' (also DLX_API_KEY)",
     }

@@ -1,7 +1,9 @@
 """The leader's admission wait: after a step that finished requests, follow-up requests that arrive within
-the bound are drained before the next step; nothing is waited for when nothing finished or nothing fits."""
+the bound are drained before the next step; nothing is waited for when nothing finished or nothing fits,
+and waiting stops (but for occasional probes) once recent waits mostly caught nobody."""
 from types import SimpleNamespace
 
+from dlx.workers.admission import HISTORY, PROBE_EVERY, AdmissionPolicy
 from dlx.workers.leader import Leader
 
 
@@ -73,3 +75,31 @@ def test_no_wait_without_finishes_room_or_setting():
                              (leader_with([generate("a")], running=0), 1)):
         leader.wait_for_followers(finished)
         assert leader.channels.waits == [] and leader.early == []
+
+
+def test_policy_stops_waiting_for_open_traffic_and_probes():
+    policy = AdmissionPolicy()
+    for _ in range(HISTORY):
+        assert policy.should_wait()
+        policy.record(False)
+    decisions = [policy.should_wait() for _ in range(2 * PROBE_EVERY)]
+    assert decisions.count(True) == 2 and decisions[PROBE_EVERY - 1] and decisions[-1]
+    for _ in range(HISTORY // 2):       # probes that catch arrivals bring waiting back
+        policy.record(True)
+    assert policy.should_wait()
+
+
+def test_policy_keeps_waiting_while_half_the_waits_pay_off():
+    policy = AdmissionPolicy()
+    for caught in [True, False] * HISTORY:
+        assert policy.should_wait()
+        policy.record(caught)
+
+
+def test_leader_skips_the_wait_after_empty_waits():
+    leader = leader_with([])
+    for _ in range(HISTORY):
+        leader.wait_for_followers(finished=1)
+    assert len(leader.channels.waits) == HISTORY
+    leader.wait_for_followers(finished=1)
+    assert len(leader.channels.waits) == HISTORY   # open traffic: the next step starts at once

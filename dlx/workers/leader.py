@@ -8,6 +8,7 @@ from dlx.engine.engine import LLMEngine, StepOutput
 from dlx.engine.sampling_params import SamplingParams
 from dlx.ipc import ChannelSet, IpcError
 from dlx.ipc.board import StatusBoard
+from dlx.workers.admission import AdmissionPolicy
 from dlx.workers.metrics import EngineMetrics
 
 IDLE_WAIT_S = 0.5
@@ -45,6 +46,7 @@ class Leader:
         self.sent: dict[str, tuple[int, list[int]]] = {}  # request id → (stable length, region) last sent
         self.internal_aborts: list[dict] = []
         self.early: list[dict] = []                  # commands drained while waiting for followers
+        self.admission = AdmissionPolicy()
         self.last_step_s = 0.0
         self.metrics = EngineMetrics()
         self.parent = os.getppid()
@@ -119,21 +121,23 @@ class Leader:
 
     def wait_for_followers(self, finished: int) -> None:
         """After a step that finished requests while others keep decoding, give the clients' next requests
-        a moment to arrive (a closed-loop client answers in about a millisecond) so they join the next
-        step rather than the one after: at most admission_wait_ms and a quarter of the last step."""
+        a moment to arrive (a closed-loop client answers within a few milliseconds) so they join the next
+        step rather than the one after: at most admission_wait_ms and a quarter of the last step, and only
+        while such waits keep catching arrivals (AdmissionPolicy)."""
         limit = min(self.engine.cfg.admission_wait_ms / 1000, self.last_step_s / 4)
         room = self.engine.cfg.max_num_reqs - len(self.engine.scheduler.running) - len(self.engine.scheduler.waiting)
-        if finished == 0 or limit <= 0 or room <= 0 or not self.engine.has_work():
+        if finished == 0 or limit <= 0 or room <= 0 or not self.engine.has_work() or not self.admission.should_wait():
             return
         deadline = time.perf_counter() + limit
         arrived = 0
         while arrived < min(finished, room):
             remaining = deadline - time.perf_counter()
             if remaining <= 0 or not self.channels.ready(remaining):
-                return
+                break
             got = self.drain()
             self.early += got
             arrived += sum(cmd["type"] == "generate" for cmd in got)
+        self.admission.record(arrived > 0)
 
     def send_output(self, out: StepOutput) -> None:
         last_stable, last_region = self.sent.get(out.rid, (0, None))
