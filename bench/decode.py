@@ -1,6 +1,5 @@
-"""Decoding benchmark on one model: the model's own generate() way (the reference decoder: full recompute
-every step, eager plain PyTorch, one request at a time) against the dlx engine one at a time and batched;
-compares their tokens. `python bench/decode.py [--model DIR] [--requests 32] [--max-tokens 64]`."""
+"""Decoding benchmark: the model's own generate() way (full recompute, eager plain PyTorch, one request at
+a time) against the dlx engine one at a time and batched, with their tokens compared."""
 import argparse
 import os
 import sys

@@ -1,6 +1,5 @@
-"""Serving benchmark: the same closed-loop workload in-process (Python engine API) and through HTTP
-(launch.py + SSE streams), at several concurrencies; prints requests/s, TTFT, per-stream tokens/s and
-the HTTP + IPC overhead. `python bench/serve.py --model DIR [--device cuda] [--concurrency 1,32]`."""
+"""Serving benchmark: one closed-loop workload in-process (engine API) and through HTTP (launch.py, SSE),
+alternating rounds; prints requests/s, TTFT, per-stream tokens/s, engine steps and the HTTP + IPC overhead."""
 import argparse
 import json
 import multiprocessing

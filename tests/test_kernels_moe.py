@@ -1,6 +1,5 @@
-"""Fused MoE and router kernels against their PyTorch references: routings with empty and crowded experts,
-both tile configurations, sync-free alignment, and a tiny LLaDA2 model's logits with the kernels switched on.
-On CPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1 before Triton is imported)."""
+"""Fused MoE and router kernels against their PyTorch references (Triton's interpreter on CPU): empty and
+crowded experts, both tile configurations, sync-free alignment, a tiny LLaDA2 model's logits."""
 import math
 
 import pytest

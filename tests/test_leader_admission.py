@@ -1,6 +1,5 @@
-"""The leader's admission wait: after a step that finished requests, follow-up requests that arrive within
-the bound are drained before the next step; nothing is waited for when nothing finished or nothing fits,
-and waiting stops (but for occasional probes) once recent waits mostly caught nobody."""
+"""The leader's admission wait: follow-up requests arriving within the bound join the next step; no wait
+without finishes or room, and none (but probes) once recent waits mostly caught nobody."""
 from types import SimpleNamespace
 
 from dlx.workers.admission import HISTORY, PROBE_EVERY, AdmissionPolicy
