@@ -63,15 +63,14 @@ def main() -> None:
     for p in prompts:
         reference_generate(engine.model, p, args.max_tokens, settings)
     ref, t_ref = timed(lambda: [reference_generate(engine.model, p, args.max_tokens, settings) for p in prompts])
-    moe_impl = cfg.moe_impl if cfg.moe_impl != "auto" else "naive"
-    configure_kernels(engine.model, cfg.attn_impl, moe_impl)
+    configure_kernels(engine.model, cfg.attn_impl, cfg.moe_impl)
     one, t_one = timed(lambda: [run_engine(engine, [p], args.max_tokens)[0] for p in prompts])
     batch, t_batch = timed(lambda: run_engine(engine, prompts, args.max_tokens))
     same_engine = [r.output for r in one] == [r.output for r in batch]
     same_as_ref = sum(r.token_ids == o.output for r, o in zip(ref, batch))
     tokens = sum(len(r.token_ids) for r in ref)
     print(f"\nDecoding benchmark on {card} — {os.path.basename(os.path.normpath(args.model))}, {len(prompts)} held-out "
-          f"questions, max_tokens {args.max_tokens}, greedy, engine kernels: attention {cfg.attn_impl}, MoE {moe_impl}; "
+          f"questions, max_tokens {args.max_tokens}, greedy, engine kernels: attention {cfg.attn_impl}, MoE {cfg.moe_impl}; "
           f"engine one-at-a-time = batched tokens: {same_engine}; answers identical to the PyTorch reference: "
           f"{same_as_ref}/{len(prompts)}\n")
     print("| path | wall s | tokens | NFE | tokens/s | tokens per forward | speed-up |")

@@ -8,7 +8,7 @@ import torch
 from dlx.config import Config
 from dlx.engine.kv_manager import KVCacheManager
 from dlx.engine.request import Request, Status
-from dlx.engine.runner import ModelRunner
+from dlx.engine.runner import ModelRunner, fused_impl
 from dlx.engine.sampler import Sampler
 from dlx.engine.sampling_params import SamplingParams
 from dlx.engine.scheduler import Scheduler
@@ -61,14 +61,12 @@ class LLMEngine:
         num_pages = cfg.num_kv_pages or self.default_num_pages()
         if num_pages * cfg.page_size < cfg.max_model_len + cfg.page_size:
             raise ValueError(f"{num_pages} KV pages cannot hold one request of --max-model-len {cfg.max_model_len}")
-        fused = "triton" if cfg.attn_impl == "triton_grouped" else "naive"
-        moe_impl = fused if cfg.moe_impl == "auto" else cfg.moe_impl
-        self.runner = ModelRunner(self.model, cfg.block_size, cfg.page_size, num_pages, cfg.attn_impl, moe_impl)
+        self.runner = ModelRunner(self.model, cfg.block_size, cfg.page_size, num_pages, cfg.attn_impl, cfg.moe_impl)
         self.kv = KVCacheManager(num_pages, cfg.page_size, not cfg.disable_prefix_caching)
         self.scheduler = Scheduler(self.kv, cfg.max_num_reqs, cfg.max_num_batched_tokens,
                                    cfg.buffer_size, cfg.add_block_threshold)
         self.sampler = Sampler(self.mask_id, cfg.accept_threshold, cfg.semi_complete_threshold,
-                               cfg.edit_threshold, cfg.max_post_edit_steps, impl=fused)
+                               cfg.edit_threshold, cfg.max_post_edit_steps, impl=fused_impl(cfg.attn_impl))
         self.last_metrics = StepMetrics()
         self.last_finished: dict[str, Request] = {}   # requests that finished in the latest step
 

@@ -8,12 +8,17 @@ from dlx.kernels.attention import AttentionMetadata
 from dlx.models.moe import Router, SparseMoE
 
 
+def fused_impl(attn_impl: str) -> str:
+    """The Triton attention brings the fused norms, rotary and sampling reduction with it; "naive" attention
+    means plain PyTorch everywhere."""
+    return "triton" if attn_impl == "triton_grouped" else "naive"
+
+
 def configure_kernels(model: torch.nn.Module, attn_impl: str, moe_impl: str) -> None:
-    """Select every kernel path of a model: the Triton attention brings the fused norms, rotary and
-    KV store with it ("naive" = plain PyTorch everywhere); the MoE has its own switch."""
+    """Select every kernel path of a model: attention and KV store, the fused ops that follow it, the MoE."""
     for attn in model.attention_layers():
         attn.attn_impl = attn_impl
-    model.set_kernel_impl("triton" if attn_impl == "triton_grouped" else "naive")
+    model.set_kernel_impl(fused_impl(attn_impl))
     for module in model.modules():
         if isinstance(module, (SparseMoE, Router)):
             module.impl = moe_impl

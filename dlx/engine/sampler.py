@@ -1,5 +1,7 @@
 """Samplers: turn logits of a request's open positions into commits. `naive` fills masks (threshold,
 else the step's quota of most confident); `edit` also rewrites filled tokens of open blocks."""
+import itertools
+
 import torch
 
 from dlx.engine.request import Request
@@ -59,12 +61,12 @@ class Sampler:
         requests are reduced together and copied to the host once; sampled ones keep their own generators."""
         greedy = [req.params.greedy for req in batch]
         chosen: list[tuple[list, list] | None] = [None] * len(batch)
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        starts = [0, *itertools.accumulate(sizes)]
         if any(greedy):
             rows = logits if all(greedy) else logits[torch.tensor(
                 [r for i, g in enumerate(greedy) if g for r in range(starts[i], starts[i] + sizes[i])],
                 dtype=torch.long, device=logits.device)]
-            tokens, conf = self.greedy_choice(rows)
+            tokens, conf = argmax_prob(rows, self.mask_id, self.impl)   # the mask token never wins
             # One device-to-host copy for the whole batch; float64 holds every token id and fp32 probability exactly.
             host_tokens, host_conf = torch.stack([tokens.double(), conf.double()]).tolist()
             offset = 0
@@ -78,17 +80,6 @@ class Sampler:
                 tokens, conf = sample_tokens(rows, req)
                 chosen[i] = (tokens.tolist(), conf.tolist())
         return chosen
-
-    def greedy_choice(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Argmax token (mask excluded) and its probability per row: the one-pass kernel, or softmax + argmax
-        (the lowest id among equal maxima)."""
-        if self.impl != "naive":
-            return argmax_prob(logits, self.mask_id, self.impl)
-        logits = logits.float()
-        logits[:, self.mask_id] = float("-inf")
-        probs = logits.softmax(-1)
-        tokens = probs.argmax(-1)
-        return tokens, probs.gather(-1, tokens[:, None]).squeeze(-1)
 
     def apply(self, req: Request, positions: list[int], tokens: list[int], conf: list[float]) -> int:
         """Commit this step's tokens (chosen for `positions`) into req.tokens; returns how many masks were filled."""

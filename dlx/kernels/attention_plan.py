@@ -1,15 +1,13 @@
 """Launch planning for the paged attention kernel: tile shapes, warps and stages per dtype and grid size,
 and how many splits of the cached range (flash-decoding) fill the GPU. Host-side numbers only."""
-import functools
-
 import torch
 import triton
 
 from dlx.kernels.attention import AttentionMetadata
+from dlx.kernels.device import sm_count
 
 MIN_KEYS_PER_SPLIT = 256   # below this a split costs more in launch and combine than it saves
 MAX_SPLITS = 32
-FALLBACK_SM_COUNT = 132    # H100; only used where no CUDA device answers (interpreter runs)
 
 
 def padded_head_dim(head_dim: int) -> int:
@@ -26,13 +24,6 @@ def choose_num_splits(num_programs: int, max_context_len: int, num_sms: int) -> 
     by_sms = num_sms // num_programs
     by_context = max_context_len // MIN_KEYS_PER_SPLIT
     return max(1, min(by_sms, by_context, MAX_SPLITS))
-
-
-@functools.cache
-def sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return FALLBACK_SM_COUNT
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def host_summary(meta: AttentionMetadata) -> tuple[int, int, int]:

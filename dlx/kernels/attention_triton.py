@@ -180,7 +180,7 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
     overrides launch options (BLOCK_N, num_warps, num_stages): for tuning sweeps."""
     q = q if q.stride(-1) == 1 else q.contiguous()
     (k, v), out = _shared_layout(k, v), torch.empty_like(q)
-    _, max_context_len, total_rows = host_summary(meta)
+    max_query_len, max_context_len, total_rows = host_summary(meta)
     (_, num_heads, head_dim), num_kv_heads = q.shape, k.shape[1]
     if total_rows == 0:
         return out
@@ -189,7 +189,7 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
     num_splits = auto_splits if num_splits is None else num_splits
     if tile:
         shape = {**shape, **tile}
-        q_tiles = triton.cdiv(host_summary(meta)[0], shape["BLOCK_Q"])
+        q_tiles = triton.cdiv(max_query_len, shape["BLOCK_Q"])
     k_cache, v_cache = _shared_layout(k_cache, v_cache) if has_cache else (k[:1, None], v[:1, None])
     table = meta.page_tables if has_cache else meta.cu_seqlens_q
     part_acc = part_max = part_sum = out  # the single-pass variant never touches these

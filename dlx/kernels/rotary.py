@@ -162,11 +162,11 @@ def qk_norm_rotary_triton(q: torch.Tensor, k: torch.Tensor | None, q_weight: tor
 
 def qk_norm_rotary(q: torch.Tensor, k: torch.Tensor | None, q_weight: torch.Tensor | None,
                    k_weight: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                   eps: float, impl: str = "naive") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """By `impl`: "naive" is qk_norm_rotary_reference (new tensors); "triton" the fused kernel, which writes
-    q and k in place (into the fused QKV buffer they view) and returns them: use the returned tensors."""
+                   eps: float, impl: str = "naive", *, inplace: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """By `impl`: "naive" is qk_norm_rotary_reference (new tensors); "triton" the fused kernel, which by default
+    writes q and k in place (into the fused QKV buffer they view) and returns them: use the returned tensors."""
     if impl == "naive":
         return qk_norm_rotary_reference(q, k, q_weight, k_weight, cos, sin, positions, eps)
     if impl == "triton":
-        return qk_norm_rotary_triton(q, k, q_weight, k_weight, cos, sin, positions, eps)
+        return qk_norm_rotary_triton(q, k, q_weight, k_weight, cos, sin, positions, eps, inplace=inplace)
     raise ValueError(f"unknown qk norm/rotary impl {impl!r}; expected one of {QK_IMPLS}")

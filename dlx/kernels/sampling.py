@@ -7,10 +7,11 @@ import functools
 
 import torch
 
+from dlx.kernels.device import sm_count
+
 SAMPLING_IMPLS = ("naive", "triton")
 MIN_SPLIT_ELEMENTS = 8192   # a vocabulary split shorter than this costs more to combine than it gains
 MAX_SPLITS = 32
-FALLBACK_SM_COUNT = 132     # H100; only used where no CUDA device answers (interpreter runs)
 
 
 def argmax_prob_reference(logits: torch.Tensor, exclude_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,13 +92,6 @@ def _argmax_prob_kernels():
     return triton.jit(_argmax_prob_split), triton.jit(_argmax_prob_combine)
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return FALLBACK_SM_COUNT
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def choose_num_splits(rows: int, vocab: int, num_sms: int) -> int:
     """Split each row's vocabulary only while rows alone give fewer than two programs per SM (one program
     streaming per SM keeps too few loads in flight to reach full bandwidth); splits of ≥ MIN_SPLIT_ELEMENTS."""
@@ -119,7 +113,7 @@ def argmax_prob_triton(logits: torch.Tensor, exclude_id: int | None, *, block_v:
         return ids, probs
     exclude = exclude_id % vocab if exclude_id is not None else -1   # negative ids count from the end
     block_v = block_v or min(4096, triton.next_power_of_2(vocab))
-    wanted = num_splits or choose_num_splits(rows, vocab, _sm_count(logits.device))
+    wanted = num_splits or choose_num_splits(rows, vocab, sm_count(logits.device))
     chunk = triton.cdiv(triton.cdiv(vocab, wanted), block_v) * block_v   # whole tiles: only the last is ragged
     splits = triton.cdiv(vocab, chunk)
     num_warps = 8 if block_v >= 4096 else 4

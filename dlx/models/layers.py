@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlx.kernels.norm import rms_norm
-from dlx.kernels.rotary import qk_norm_rotary, qk_norm_rotary_triton
+from dlx.kernels.rotary import qk_norm_rotary
 from dlx.models.parallel import all_reduce, divide, tp_rank, tp_size
 
 
@@ -46,9 +46,7 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x [N, heads, head_dim]; positions [N]. Returns a new tensor (x is not modified)."""
-        if self.impl == "triton":
-            return qk_norm_rotary_triton(x, None, None, None, self.cos, self.sin, positions, 0.0, inplace=False)[0]
-        return qk_norm_rotary(x, None, None, None, self.cos, self.sin, positions, 0.0, self.impl)[0]  # naive
+        return qk_norm_rotary(x, None, None, None, self.cos, self.sin, positions, 0.0, self.impl, inplace=False)[0]
 
 
 class ReplicatedLinear(nn.Module):

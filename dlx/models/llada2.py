@@ -101,22 +101,16 @@ class Attention(nn.Module):
         self.k_cache: torch.Tensor | None = None  # [pages, page_size, kv_heads, head_dim], set by the runner
         self.v_cache: torch.Tensor | None = None
         self.attn_impl = "naive"                  # or "triton_grouped", set by the runner
-        self.qk_impl = "naive"                    # or "triton": fused qk norm + rotary (set_kernel_impl)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         qkv = self.query_key_value(x).view(len(x), -1, self.head_dim)
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
-        if self.qk_impl != "naive":
-            # One kernel for norm + rotary of q and k, written in place into qkv: q, k and v stay views with
-            # one layout, so the KV store and the Triton attention read them without a copy.
-            weights = (None, None) if self.query_layernorm is None else \
-                (self.query_layernorm.weight, self.key_layernorm.weight)
-            eps = 0.0 if self.query_layernorm is None else self.query_layernorm.eps
-            q, k = qk_norm_rotary(q, k, *weights, self.rotary.cos, self.rotary.sin, positions, eps, self.qk_impl)
-        else:
-            if self.query_layernorm is not None:
-                q, k = self.query_layernorm(q), self.key_layernorm(k)
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        # qk norm + rotary of q and k; the Triton kernel writes them in place into qkv, so q, k and v stay
+        # views with one layout and the KV store and the Triton attention read them without a copy.
+        weights = (None, None) if self.query_layernorm is None else \
+            (self.query_layernorm.weight, self.key_layernorm.weight)
+        eps = 0.0 if self.query_layernorm is None else self.query_layernorm.eps
+        q, k = qk_norm_rotary(q, k, *weights, self.rotary.cos, self.rotary.sin, positions, eps, self.rotary.impl)
         if self.k_cache is not None and meta.slot_mapping is not None:
             store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping, self.attn_impl)
         out = paged_attention(q, k, v, positions, self.k_cache, self.v_cache, meta, self.scale, self.attn_impl)
@@ -181,13 +175,11 @@ class LLaDA2Model(nn.Module):
         return [layer.attention for layer in self.layers]
 
     def set_kernel_impl(self, impl: str) -> None:
-        """Kernels of every RMSNorm (residual adds included), the rotary table and the attention layers'
-        qk norm + rotary: "naive" (PyTorch) or "triton". The MoE and the attention itself (attn_impl) are
-        switched separately."""
+        """Kernels of every RMSNorm (residual adds included) and of the shared rotary table, which the attention
+        layers' fused qk norm + rotary follows: "naive" (PyTorch) or "triton". The MoE and the attention itself
+        (attn_impl) are switched separately."""
         if impl not in ("naive", "triton"):
             raise ValueError(f"unknown kernel impl {impl!r}; expected 'naive' or 'triton'")
         for module in self.modules():
             if isinstance(module, (RMSNorm, RotaryEmbedding)):
                 module.impl = impl
-            elif isinstance(module, Attention):
-                module.qk_impl = impl

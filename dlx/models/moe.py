@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlx.kernels.moe import moe_reference
-from dlx.kernels.moe_router import route_reference
+from dlx.kernels.moe_router import route_reference, route_triton
 from dlx.models.layers import SwiGLU, copy_full
 from dlx.models.parallel import all_reduce, divide, tp_rank, tp_size
 
@@ -32,12 +32,9 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = F.linear(x.float(), self.weight.float())
         bias = None if self.expert_bias is None else self.expert_bias.float()
-        route = route_reference
-        if self.impl == "triton":
-            from dlx.kernels.moe_router import route_triton  # first use only: CPU installs need no Triton
-            route = route_triton
-        elif self.impl != "naive":
+        if self.impl not in MOE_IMPLS:
             raise ValueError(f"unknown router impl {self.impl!r}; expected one of {MOE_IMPLS}")
+        route = route_triton if self.impl == "triton" else route_reference
         return route(logits, bias, self.top_k, self.n_group, self.topk_group, self.scaling, self.score_function)
 
 
