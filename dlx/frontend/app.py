@@ -129,13 +129,15 @@ def stream_generate(server: Server, req, handle, decoding: Decoding, prompt_text
                     yield generate_append_frame(handle.rid, offset, text, tokens, decoding.nfe, False)
         if req.stream_mode == "block_append":
             text, tokens, offset = decoding.new_stable_text()
-            yield generate_append_frame(handle.rid, offset, text, tokens, decoding.nfe, True)
+            last = generate_append_frame(handle.rid, offset, text, tokens, decoding.nfe, True)
         else:
             pieces = server.pieces(decoding.token_ids) if req.return_pieces else None
-            yield generate_snapshot_frame(handle.rid, decoding.token_ids, decoding.text, decoding.nfe, True,
-                                          pieces=pieces)
+            last = generate_snapshot_frame(handle.rid, decoding.token_ids, decoding.text, decoding.nfe, True,
+                                           pieces=pieces)
         server.client.count("ok")
-        yield final_frame(server.generate_response(handle.rid, decoding, prompt_text))
+        # The stream's tail leaves in one write: one send and one client wake-up instead of three.
+        yield last + final_frame(server.generate_response(handle.rid, decoding, prompt_text)) + SSE_DONE
+        return
     except ClientGone:
         server.client.count("aborted")
         return

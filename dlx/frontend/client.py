@@ -102,9 +102,10 @@ class EngineClient:
                 continue
             if msg is None:
                 continue
-            handle = self.inflight.get(msg.get("rid"))
-            if handle is not None:
-                handle.events.put(msg)
+            for event in msg["events"] if msg.get("type") == "batch" else (msg,):
+                handle = self.inflight.get(event.get("rid"))
+                if handle is not None:
+                    handle.events.put(event)
 
     def fail_channel(self, channel, message: str) -> None:
         for handle in [h for h in self.inflight.values() if h.channel is channel]:

@@ -64,17 +64,18 @@ def stream(server, req, handle, decoding, rid: str, created: int, chat: bool):
             if text or snapshot:
                 yield chunk(text, None, snapshot)
         text, _, _ = decoding.new_stable_text()
-        if text:
-            yield chunk(text, None, None)
+        tail = [chunk(text, None, None)] if text else []
         final_snapshot = None
         if req.stream_mode == "denoise":
             final_snapshot = {"text": decoding.text, "token_ids": decoding.token_ids, "nfe": decoding.nfe}
             if req.return_pieces:
                 final_snapshot["pieces"] = server.pieces(decoding.token_ids)
-        yield chunk("", finish_reason_openai(decoding.finish_reason), final_snapshot)
+        tail.append(chunk("", finish_reason_openai(decoding.finish_reason), final_snapshot))
         if req.include_usage:
-            yield usage_chunk(rid, created, model, decoding.usage(), chat=chat)
+            tail.append(usage_chunk(rid, created, model, decoding.usage(), chat=chat))
         server.client.count("ok")
+        yield b"".join(tail) + SSE_DONE   # the tail leaves in one write (one send, one client wake-up)
+        return
     except ClientGone:
         server.client.count("aborted")
         return

@@ -50,8 +50,9 @@ class Server:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def prompt_ids(self, req) -> tuple[list[int], str]:
-        """Token ids and the prompt text of a parsed request (chat messages go through the template)."""
+    def prompt_ids(self, req) -> tuple[list[int], str | None]:
+        """Token ids and the prompt text of a parsed request (chat messages go through the template);
+        the text is None for a token-id prompt (start() decodes it once the engine has the request)."""
         if req.messages is not None:
             try:
                 text = self.tokenizer.apply_chat_template(req.messages)
@@ -59,7 +60,7 @@ class Server:
                 raise RequestError(str(exc), "messages") from None
             ids, field = self.encode(text), "messages"
         elif req.prompt_token_ids is not None:
-            return req.prompt_token_ids, self.tokenizer.decode(req.prompt_token_ids)
+            return req.prompt_token_ids, None
         else:
             text, ids, field = req.prompt, self.encode(req.prompt), "prompt"
         check_prompt_length(len(ids), self.max_model_len, field)
@@ -70,6 +71,8 @@ class Server:
         ids, text = self.prompt_ids(req)
         params = req.sampling.to_dict()
         handle = self.client.submit(ids, params)
+        if text is None:
+            text = self.tokenizer.decode(ids)   # while the engine already works on the request
         while True:
             msg = handle.next_event(POLL_S)
             if msg is None:

@@ -45,6 +45,7 @@ class ShmRing:
         self._lock = threading.Lock()
         # The counter this side owns: head for the producer, tail for the consumer.
         self._cursor = self._words[W_HEAD] if role == "producer" else self._words[W_TAIL]
+        self._peer_verified = 0.0  # monotonic time the peer's process was last seen alive (/proc)
 
     @classmethod
     def create(cls, name: str, num_slots: int, slot_bytes: int) -> ShmRing:
@@ -156,27 +157,35 @@ class ShmRing:
         """Sleep on `bell` until ready() holds (True) or the deadline passes (False).
 
         Wakes at least every LIVENESS_INTERVAL to look at the peer and the closed flag, so a peer that
-        died without ringing is noticed within about half a second. A peer that has rung is alive, so
-        its liveness is checked only after quiet intervals."""
-        check_peer = True
+        died without ringing is noticed within about half a second. A peer that detached is seen at once;
+        the process table is read only after a quiet interval (a peer that rang is alive), not on every
+        wait of a busy stream."""
+        check_peer = time.monotonic() - self._peer_verified > LIVENESS_INTERVAL
         while True:
             if ready():
                 return True
             if self._words[W_CLOSED]:
                 raise RingClosed(f"ring {self.name} is shut down")
-            if check_peer and self._peer_gone(peer):
+            if self._peer_gone(peer, check_process=check_peer):
                 raise PeerDead(f"ring {self.name}: the {peer} process is gone")
             remaining = LIVENESS_INTERVAL if deadline is None else min(deadline - time.monotonic(), LIVENESS_INTERVAL)
             if remaining <= 0:
                 return False
             check_peer = not bell.wait(remaining)
 
-    def _peer_gone(self, peer: str) -> bool:
+    def _peer_gone(self, peer: str, check_process: bool = True) -> bool:
         pid_word, start_word = W_PID[peer]
         pid = self._words[pid_word]
         if pid == 0:
             return False  # not attached yet: the launcher may still be starting it
-        return pid == DEPARTED_PID or not process_alive(pid, self._words[start_word])
+        if pid == DEPARTED_PID:
+            return True
+        if not check_process:
+            return False
+        if not process_alive(pid, self._words[start_word]):
+            return True
+        self._peer_verified = time.monotonic()
+        return False
 
     def peer_alive(self) -> bool:
         """True while the other side is attached and its process runs."""

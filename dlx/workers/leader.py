@@ -13,6 +13,7 @@ from dlx.workers.metrics import EngineMetrics
 
 IDLE_WAIT_S = 0.5
 SEND_TIMEOUT_S = 10.0
+EVENTS_PER_MESSAGE = 64   # a step's events for one frontend travel together, at most this many per message
 PARAM_KEYS = ("temperature", "top_p", "top_k", "seed", "max_tokens", "stop_token_ids", "max_nfe",
               "max_repetition_run", "ignore_eos", "sampling_mode")
 
@@ -43,6 +44,7 @@ class Leader:
         self.engine, self.channels, self.board, self.slot = engine, channels, board, slot
         self.generation, self.sync = generation, sync
         self.owner: dict[str, int] = {}              # request id → channel index
+        self.outbox: dict[int, list[dict]] = {}      # channel index → events queued until flush()
         self.sent: dict[str, tuple[int, list[int]]] = {}  # request id → (stable length, region) last sent
         self.internal_aborts: list[dict] = []
         self.early: list[dict] = []                  # commands drained while waiting for followers
@@ -69,8 +71,11 @@ class Leader:
                     for cmd in commands:
                         if cmd["type"] == "abort":
                             self.forget(cmd["rid"])
+                    self.flush()   # acceptances go out before the step, so streams can start meanwhile
                     if self.engine.has_work():
-                        self.wait_for_followers(self.step())
+                        finished = self.step()
+                        self.flush()
+                        self.wait_for_followers(finished)
                 self.publish(force=not self.engine.has_work())
         finally:
             if self.sync:
@@ -165,18 +170,28 @@ class Leader:
                 "tokens_per_forward": len(out.output) / max(out.nfe, 1)}
 
     def send(self, rid: str, msg: dict) -> None:
+        """Queue an event for the frontend that owns `rid`; flush() delivers it."""
         index = self.owner.get(rid)
-        if index is None:
-            return
-        try:
-            self.channels.channels[index].send(msg, timeout=SEND_TIMEOUT_S)
-        except IpcError:
-            # The frontend is gone or stuck: abort everything it owns (through the command path,
-            # so tensor-parallel followers abort too).
-            for other, owner in list(self.owner.items()):
-                if owner == index:
-                    self.internal_aborts.append({"type": "abort", "rid": other})
-                    self.forget(other)
+        if index is not None:
+            self.outbox.setdefault(index, []).append(msg)
+
+    def flush(self) -> None:
+        """Deliver the queued events, one ring message per frontend (and per EVENTS_PER_MESSAGE): a step
+        costs each frontend one wake-up instead of one per request."""
+        outbox, self.outbox = self.outbox, {}
+        for index, events in outbox.items():
+            try:
+                for start in range(0, len(events), EVENTS_PER_MESSAGE):
+                    batch = events[start:start + EVENTS_PER_MESSAGE]
+                    msg = batch[0] if len(batch) == 1 else {"type": "batch", "events": batch}
+                    self.channels.channels[index].send(msg, timeout=SEND_TIMEOUT_S)
+            except IpcError:
+                # The frontend is gone or stuck: abort everything it owns (through the command path,
+                # so tensor-parallel followers abort too).
+                for other, owner in list(self.owner.items()):
+                    if owner == index:
+                        self.internal_aborts.append({"type": "abort", "rid": other})
+                        self.forget(other)
 
     def forget(self, rid: str) -> None:
         self.owner.pop(rid, None)
