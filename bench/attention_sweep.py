@@ -17,23 +17,30 @@ from dlx.kernels import attention_triton  # noqa: E402
 CASES = [(1, 4096), (1, 8192), (8, 4096), (8, 8192), (64, 4096), (64, 8192), (64, 1024), (8, 1024)]
 TILES = [dict(BLOCK_Q=bq, BLOCK_N=bn, num_warps=w, num_stages=s)
          for bq, bn, w, s in itertools.product((32, 16), (32, 64, 128), (4, 8), (2, 3, 4))]
+PREFETCH = {"off": (False,), "on": (True,), "both": (False, True)}
 SPLITS = (1, 2, 3, 4, 8, 16, 32, 64)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--cases", default=",".join(f"{r}x{c}" for r, c in CASES),
+                        help="requests x context pairs, e.g. 8x4096,8x8192")
+    parser.add_argument("--prefetch", choices=sorted(PREFETCH), default="both",
+                        help="PREFETCH_PAGES launch option: page numbers loaded one key tile ahead")
     options = parser.parse_args()
+    cases = [tuple(int(x) for x in case.split("x")) for case in options.cases.split(",")]
+    tiles = [{**tile, "PREFETCH_PAGES": p} for tile in TILES for p in PREFETCH[options.prefetch]]
     copy_rate = copy_bandwidth()
     torch.cuda.empty_cache()
     print(f"# attention sweep on {torch.cuda.get_device_name()}, copy bandwidth {copy_rate / 1e12:.2f} TB/s")
-    for num_requests, context_len in CASES:
+    for num_requests, context_len in cases:
         args, bytes_moved = attention_batch(num_requests, context_len)
         reference = attention_triton.paged_attention_triton(*args)
         auto_ms = time_ms(lambda: attention_triton.paged_attention_triton(*args), iters=10)
         results = []
-        for tile, splits in itertools.product(TILES, SPLITS):
-            if splits * 256 > context_len:
+        for tile, splits in itertools.product(tiles, SPLITS):
+            if splits * 64 > context_len:   # every split keeps at least one 64-key tile
                 continue
             def run():
                 return attention_triton.paged_attention_triton(*args, num_splits=splits, tile=tile)

@@ -171,6 +171,16 @@ def test_llada2_mini_shapes_bf16(num_requests, context_len):
         assert_matches_reference(case, num_splits=splits)
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_page_prefetch_matches_reference(splits):
+    """The PREFETCH_PAGES launch option (page numbers of the next key tile loaded one tile ahead): several
+    tiles per split, scattered pages, contexts ending mid-page and mid-tile, one request without cache."""
+    block_size, page_size = 8, 8
+    case = make_case([9, 4, 17], [5 * page_size + 3, 0, 11 * page_size - 1], 8, 2, 16, block_size, page_size, seed=11)
+    tile = {**attention_plan.tile_shape(4, 16, 17, torch.float32, splits > 1), "BLOCK_N": 16, "PREFETCH_PAGES": True}
+    assert_matches_reference(case, num_splits=splits, tile=tile)
+
+
 @pytest.mark.gpu
 def test_llada2_mini_ragged_queries_bf16():
     case = make_case([32, 64, 5, 96, 1], [8000, 0, 4096, 31, 2049], 16, 4, 128, 32, 32, torch.bfloat16, seed=7)

@@ -49,10 +49,10 @@ def tile_shape(group_pad: int, head_dim: int, max_query_len: int, dtype: torch.d
                   max(triton.next_power_of_2(max(max_query_len, 1)), 16 // group_pad, 1))
     big_tile = block_q * group_pad * head_dim >= (32 if wide else 64) * 128
     if wide:
-        return dict(BLOCK_Q=block_q, BLOCK_N=16, num_warps=8 if big_tile else 4, num_stages=2)
+        return dict(BLOCK_Q=block_q, BLOCK_N=16, num_warps=8 if big_tile else 4, num_stages=2, PREFETCH_PAGES=False)
     if split_kv:
-        return dict(BLOCK_Q=block_q, BLOCK_N=64, num_warps=8 if big_tile else 4, num_stages=3)
-    return dict(BLOCK_Q=block_q, BLOCK_N=64, num_warps=4, num_stages=2)
+        return dict(BLOCK_Q=block_q, BLOCK_N=64, num_warps=8 if big_tile else 4, num_stages=3, PREFETCH_PAGES=False)
+    return dict(BLOCK_Q=block_q, BLOCK_N=64, num_warps=4, num_stages=2, PREFETCH_PAGES=False)
 
 
 def launch_plan(q: torch.Tensor, num_kv_heads: int, meta: AttentionMetadata, cached: bool) -> tuple[dict, int, int]:

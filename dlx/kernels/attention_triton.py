@@ -41,7 +41,8 @@ def _paged_attention_kernel(
         stride_table, stride_pacc_split, stride_pacc_row, stride_pacc_head, stride_pstat_split, stride_pstat_row,
         BLOCK_SIZE: tl.constexpr, PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
         BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-        HAS_CACHE: tl.constexpr, SPLIT_KV: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+        HAS_CACHE: tl.constexpr, SPLIT_KV: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        PREFETCH_PAGES: tl.constexpr):
     """Program (tile*splits + split, kv_head, request): BLOCK_Q query rows x GROUP heads against
     (1) its share of the request's cached keys, read page by page, then (2) for the last split, the
     request's in-flight keys up to the end of the tile's last block, masked by the block rule."""
@@ -82,11 +83,20 @@ def _paged_attention_kernel(
         else:
             key_lo = 0
             key_hi = context_len
+        table_row = page_table_ptr + request * stride_table
+        if PREFETCH_PAGES:
+            # The page numbers of tile i+1 are loaded while tile i is processed, so a K/V load never
+            # waits on its own page-table load (a sweep option: bench/attention_sweep.py).
+            next_pages = tl.load(table_row + (key_lo + offs_n) // PAGE_SIZE, mask=key_lo + offs_n < key_hi, other=0)
         for key_start in range(key_lo, key_hi, BLOCK_N):
             key_index = key_start + offs_n
             key_ok = key_index < key_hi
-            page = tl.load(page_table_ptr + request * stride_table + key_index // PAGE_SIZE,
-                           mask=key_ok, other=0).to(tl.int64)
+            if PREFETCH_PAGES:
+                page = next_pages.to(tl.int64)
+                next_pages = tl.load(table_row + (key_index + BLOCK_N) // PAGE_SIZE,
+                                     mask=key_index + BLOCK_N < key_hi, other=0)
+            else:
+                page = tl.load(table_row + key_index // PAGE_SIZE, mask=key_ok, other=0).to(tl.int64)
             in_page = key_index % PAGE_SIZE
             offsets = (page * stride_cp + in_page * stride_cs + kv_head * stride_ch)[:, None] + offs_d[None, :]
             keys = tl.load(k_cache_ptr + offsets, mask=key_ok[:, None] & d_ok, other=0.0)
