@@ -84,7 +84,9 @@ def one_stream(conn: http.client.HTTPConnection, prompt: list[int], max_tokens: 
 def engine_counters(url: str) -> dict:
     """Steps, forwards summed over requests and busy seconds, from the server's /metrics."""
     wanted = {"dlx_step_seconds_count": "steps", "dlx_step_seconds_sum": "busy_s", "dlx_nfe_total": "nfe",
-              'dlx_step_seconds_bucket{le="0.16"}': "steps_under_160ms"}
+              'dlx_step_seconds_bucket{le="0.16"}': "steps_under_160ms",
+              'dlx_admission_waits_total{outcome="caught"}': "waits_caught",
+              'dlx_admission_waits_total{outcome="empty"}': "waits_empty", "dlx_admission_wait_seconds_total": "held_s"}
     out = {}
     for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
         name, _, value = line.partition(" ")
@@ -162,7 +164,8 @@ def run_http(url: str, work: list[list[int]], concurrency: int, max_tokens: int,
     return {"wall_s": wall, "tokens": sum(r[2] for r in results), "ttft_s": sum(r[0] for r in results) / len(results),
             "stream_tps": sum(r[2] / r[1] for r in results) / len(results),
             "outside_engine_s": sum(r[1] - r[3] for r in results) / len(results), "cpu": cpu,
-            **{k: after.get(k, 0) - before.get(k, 0) for k in ("steps", "nfe", "busy_s", "steps_under_160ms")}}
+            **{k: after.get(k, 0) - before.get(k, 0) for k in ("steps", "nfe", "busy_s", "steps_under_160ms",
+                                                                       "waits_caught", "waits_empty", "held_s")}}
 
 
 def start_server(args, port: int) -> subprocess.Popen:
@@ -252,7 +255,9 @@ def main() -> None:
         print(f"\nwall s per round at concurrency {c}: in-process {spread[c][0]}, HTTP {spread[c][1]}")
         busiest = sorted(http[c]["cpu"].items(), key=lambda kv: -kv[1])[:6]
         slow = http[c]["steps"] - http[c]["steps_under_160ms"]
-        print(f"\nHTTP run at concurrency {c}: {slow:.0f} engine steps over 160 ms. CPU seconds ({http[c]['wall_s']:.2f} s wall): "
+        print(f"\nHTTP run at concurrency {c}: {slow:.0f} engine steps over 160 ms. Admission waits: "
+              f"{http[c]['waits_caught']:.0f} caught a follow-up, {http[c]['waits_empty']:.0f} empty, "
+              f"{1000 * http[c]['held_s']:.1f} ms held in all. CPU seconds ({http[c]['wall_s']:.2f} s wall): "
               + ", ".join(f"{name} {sec:.2f}" for name, sec in busiest))
 
 

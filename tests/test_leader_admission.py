@@ -52,12 +52,14 @@ def test_followers_are_drained_before_the_next_step():
     assert [cmd["rid"] for cmd in leader.early] == ["a", "b"]   # stops once as many arrived as finished
     assert len(leader.channels.waits) == 2 and all(0 < w <= 0.05 for w in leader.channels.waits)
     assert leader.owner == {"a": 0, "b": 0}
+    assert leader.metrics.admission_waits == {"caught": 1, "empty": 0}
 
 
 def test_wait_ends_when_nobody_comes():
     leader = leader_with([])
     leader.wait_for_followers(finished=1)
     assert leader.early == [] and len(leader.channels.waits) == 1
+    assert leader.metrics.admission_waits == {"caught": 0, "empty": 1} and leader.metrics.admission_wait_seconds > 0
 
 
 def test_bounded_by_a_quarter_of_the_step():
@@ -74,6 +76,7 @@ def test_no_wait_without_finishes_room_or_setting():
                              (leader_with([generate("a")], running=0), 1)):
         leader.wait_for_followers(finished)
         assert leader.channels.waits == [] and leader.early == []
+        assert leader.metrics.admission_waits == {"caught": 0, "empty": 0}
 
 
 def test_policy_stops_waiting_for_open_traffic_and_probes():

@@ -32,6 +32,13 @@ class BoardCollector:
                                   value=sum(r.get("generated_tokens", 0) for r in engines))
         yield CounterMetricFamily("dlx_nfe", "Forward evaluations summed over requests",
                                   value=sum(r.get("nfe", 0) for r in engines))
+        waits = CounterMetricFamily("dlx_admission_waits", "Steps held for follow-up requests (--admission-wait-ms), "
+                                    "by whether one arrived", labels=["outcome"])
+        for outcome in ("caught", "empty"):
+            waits.add_metric([outcome], sum(r.get("admission_waits", {}).get(outcome, 0) for r in engines))
+        yield waits
+        yield CounterMetricFamily("dlx_admission_wait_seconds", "Time steps were held for follow-up requests",
+                                  value=sum(r.get("admission_wait_seconds", 0.0) for r in engines))
         for key, doc in (("step_seconds", "Engine step time"), ("tokens_per_forward", "Tokens committed per request per forward")):
             yield merged_histogram("dlx_" + key, doc, [r[key] for r in engines if key in r])
 

@@ -133,7 +133,8 @@ class Leader:
         room = self.engine.cfg.max_num_reqs - len(self.engine.scheduler.running) - len(self.engine.scheduler.waiting)
         if finished == 0 or limit <= 0 or room <= 0 or not self.engine.has_work() or not self.admission.should_wait():
             return
-        deadline = time.perf_counter() + limit
+        started = time.perf_counter()
+        deadline = started + limit
         arrived = 0
         while arrived < min(finished, room):
             remaining = deadline - time.perf_counter()
@@ -143,6 +144,7 @@ class Leader:
             self.early += got
             arrived += sum(cmd["type"] == "generate" for cmd in got)
         self.admission.record(arrived > 0)
+        self.metrics.record_admission_wait(arrived > 0, time.perf_counter() - started)
 
     def send_output(self, out: StepOutput) -> None:
         last_stable, last_region = self.sent.get(out.rid, (0, None))

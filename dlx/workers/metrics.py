@@ -31,6 +31,8 @@ class EngineMetrics:
         self.steps = 0
         self.step_seconds = Histogram(STEP_SECONDS_BUCKETS)
         self.tokens_per_forward = Histogram(TOKENS_PER_FORWARD_BUCKETS)
+        self.admission_waits = {"caught": 0, "empty": 0}   # the leader's holds for follow-up requests
+        self.admission_wait_seconds = 0.0
 
     def record_step(self, seconds: float, step: StepMetrics) -> None:
         self.steps += 1
@@ -39,6 +41,10 @@ class EngineMetrics:
         for committed in step.per_request_tokens:
             self.tokens_per_forward.observe(committed)
 
+    def record_admission_wait(self, caught: bool, seconds: float) -> None:
+        self.admission_waits["caught" if caught else "empty"] += 1
+        self.admission_wait_seconds += seconds
+
     def record_finish(self, out: StepOutput) -> None:
         self.finished[out.finish_reason] = self.finished.get(out.finish_reason, 0) + 1
         self.generated_tokens += len(out.output or [])
@@ -46,4 +52,5 @@ class EngineMetrics:
     def snapshot(self) -> dict:
         return {"finished": dict(self.finished), "generated_tokens": self.generated_tokens, "nfe": self.nfe,
                 "steps": self.steps, "step_seconds": self.step_seconds.snapshot(),
-                "tokens_per_forward": self.tokens_per_forward.snapshot()}
+                "tokens_per_forward": self.tokens_per_forward.snapshot(),
+                "admission_waits": dict(self.admission_waits), "admission_wait_seconds": self.admission_wait_seconds}
