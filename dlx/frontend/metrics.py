@@ -32,8 +32,8 @@ class BoardCollector:
                                   value=sum(r.get("generated_tokens", 0) for r in engines))
         yield CounterMetricFamily("dlx_nfe", "Forward evaluations summed over requests",
                                   value=sum(r.get("nfe", 0) for r in engines))
-        waits = CounterMetricFamily("dlx_admission_waits", "Steps held for follow-up requests (--admission-wait-ms), "
-                                    "by whether one arrived", labels=["outcome"])
+        waits = CounterMetricFamily("dlx_admission_waits", "Steps held for follow-up requests "
+                                    "(--admission-wait-ms), by whether one arrived", labels=["outcome"])
         for outcome in ("caught", "empty"):
             waits.add_metric([outcome], sum(r.get("admission_waits", {}).get(outcome, 0) for r in engines))
         yield waits
