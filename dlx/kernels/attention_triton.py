@@ -5,7 +5,7 @@ import triton
 import triton.language as tl
 
 from dlx.kernels.attention import AttentionMetadata
-from dlx.kernels.attention_plan import host_summary, launch_plan, padded_head_dim
+from dlx.kernels.attention_plan import MAX_SPLITS, host_summary, launch_plan, padded_head_dim
 
 LOG2E = 1.4426950408889634
 # A finite "minus infinity" for running maxima: a row that has seen no key yet never computes inf - inf.
@@ -141,36 +141,28 @@ def _paged_attention_kernel(
 @triton.jit(do_not_specialize=["num_splits", "stride_pacc_split", "stride_pstat_split"])
 def _combine_splits_kernel(part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr, positions_ptr, num_splits,
                            stride_pacc_split, stride_pacc_row, stride_pacc_head, stride_pstat_split,
-                           stride_pstat_row, stride_on, stride_oh, NUM_HEADS: tl.constexpr,
-                           BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
-    """One program per query row: merge the splits' (max, sum, acc) of all heads into the output."""
-    row = tl.program_id(0).to(tl.int64)
+                           stride_pstat_row, stride_on, stride_oh, SPLITS_PAD: tl.constexpr,
+                           HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
+    """One program per (query row, head): merge the splits' (max, sum, acc). Every split's partial is
+    loaded at once, so the merge costs one memory round trip, not one per split."""
+    row, head = tl.program_id(0).to(tl.int64), tl.program_id(1)
     if tl.load(positions_ptr + row) < 0:
         return
-    heads = tl.arange(0, BLOCK_H)
+    splits = tl.arange(0, SPLITS_PAD)
+    split_ok = splits < num_splits
     offs_d = tl.arange(0, HEAD_DIM_PAD)
-    head_ok = heads < NUM_HEADS
-    d_ok = ((offs_d < HEAD_DIM) | (HEAD_DIM == HEAD_DIM_PAD))[None, :]
-    total_max = tl.full([BLOCK_H], NEG_BIG, tl.float32)
-    total_sum = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, HEAD_DIM_PAD], tl.float32)
-    # Offsets are int64 (row is) and advance split by split: safe however large the workspace.
-    stat_offsets = row * stride_pstat_row + heads
-    acc_offsets = (row * stride_pacc_row + heads * stride_pacc_head)[:, None] + offs_d[None, :]
-    for _ in range(0, num_splits):
-        part_max = tl.load(part_max_ptr + stat_offsets, mask=head_ok, other=NEG_BIG)
-        part_sum = tl.load(part_sum_ptr + stat_offsets, mask=head_ok, other=0.0)
-        part_acc = tl.load(part_acc_ptr + acc_offsets, mask=head_ok[:, None] & d_ok, other=0.0)
-        stat_offsets += stride_pstat_split
-        acc_offsets += stride_pacc_split
-        new_max = tl.maximum(total_max, part_max)
-        kept, added = tl.exp2(total_max - new_max), tl.exp2(part_max - new_max)
-        total_sum = total_sum * kept + part_sum * added
-        acc = acc * kept[:, None] + part_acc * added[:, None]
-        total_max = new_max
-    out = acc / tl.where(total_sum > 0, total_sum, 1.0)[:, None]
-    tl.store(out_ptr + row * stride_on + heads[:, None] * stride_oh + offs_d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=head_ok[:, None] & d_ok)
+    d_ok = (offs_d < HEAD_DIM) | (HEAD_DIM == HEAD_DIM_PAD)
+    stat_offsets = splits.to(tl.int64) * stride_pstat_split + row * stride_pstat_row + head
+    part_max = tl.load(part_max_ptr + stat_offsets, mask=split_ok, other=NEG_BIG)
+    part_sum = tl.load(part_sum_ptr + stat_offsets, mask=split_ok, other=0.0)
+    acc_offsets = splits.to(tl.int64) * stride_pacc_split + row * stride_pacc_row + head * stride_pacc_head
+    part_acc = tl.load(part_acc_ptr + acc_offsets[:, None] + offs_d[None, :], mask=split_ok[:, None] & d_ok[None, :],
+                       other=0.0)
+    # Empty splits (max NEG_BIG, sum 0, acc 0) get weight 0 next to any split that saw a key.
+    weight = tl.exp2(part_max - tl.max(part_max, 0))
+    total_sum = tl.sum(part_sum * weight, 0)
+    out = tl.sum(part_acc * weight[:, None], 0) / tl.where(total_sum > 0, total_sum, 1.0)
+    tl.store(out_ptr + row * stride_on + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
 def _shared_layout(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,9 +211,10 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         SPLIT_KV=num_splits > 1, DOT_DTYPE=dot_dtype, DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
         **shape)
     if num_splits > 1:
-        _combine_splits_kernel[(total_rows,)](
+        # A fixed split padding (MAX_SPLITS) keeps one compiled variant whatever the batch's split count.
+        _combine_splits_kernel[(total_rows, num_heads)](
             part_acc, part_max, part_sum, out, positions, num_splits, *part_acc.stride()[:3],
-            *part_max.stride()[:2], out.stride(0), out.stride(1), NUM_HEADS=num_heads,
-            BLOCK_H=triton.next_power_of_2(num_heads), HEAD_DIM=head_dim, HEAD_DIM_PAD=padded_head_dim(head_dim),
-            num_warps=4)
+            *part_max.stride()[:2], out.stride(0), out.stride(1),
+            SPLITS_PAD=max(MAX_SPLITS, triton.next_power_of_2(num_splits)), HEAD_DIM=head_dim,
+            HEAD_DIM_PAD=padded_head_dim(head_dim), num_warps=4)
     return out
