@@ -72,7 +72,11 @@ class Server:
         params = req.sampling.to_dict()
         handle = self.client.submit(ids, params)
         if text is None:
-            text = self.tokenizer.decode(ids)   # while the engine already works on the request
+            try:
+                text = self.tokenizer.decode(ids)   # while the engine already works on the request
+            except BaseException:
+                self.client.abort(handle)   # never leave a submitted request without a reader
+                raise
         while True:
             msg = handle.next_event(POLL_S)
             if msg is None:
