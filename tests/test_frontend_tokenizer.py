@@ -7,7 +7,7 @@ from dlx.frontend.tokenizer import OFF_LOOP_CHARS, FrontendTokenizer
 
 def test_long_prompt_is_encoded_off_the_loop(tiny_dir):
     tok = FrontendTokenizer(tiny_dir)
-    text = "the quick brown fox jumps over the lazy dog; " * 2000   # ~90k characters, tens of milliseconds
+    text = "the quick brown fox jumps over the lazy dog; " * 5000   # 225k characters: ~90 ms of encoding here
     assert len(text) >= OFF_LOOP_CHARS
     ticks = []
 
