@@ -12,7 +12,7 @@ from dlx.frontend.decoding import Decoding
 from dlx.frontend.metrics import render_metrics
 from dlx.frontend.schemas import RequestError, error_body, parse_generate
 from dlx.frontend.server import ClientGone, Server
-from dlx.frontend.sse import SSE_DONE, error_frame, final_frame, generate_append_frame, generate_snapshot_frame
+from dlx.frontend.sse import error_frame, final_frame, generate_append_frame, generate_snapshot_frame
 
 DEFAULT_RUNTIME = "/tmp/dlx-runtime.json"
 STATIC = os.path.join(os.path.dirname(__file__), "static")
@@ -114,8 +114,7 @@ def sse(frames) -> Response:
 
 
 def stream_generate(server: Server, req, handle, decoding: Decoding, prompt_text: str):
-    events = server.events(handle, decoding)
-    try:
+    def body(events):
         for _ in events:
             if decoding.finished:
                 break
@@ -134,16 +133,5 @@ def stream_generate(server: Server, req, handle, decoding: Decoding, prompt_text
             pieces = server.pieces(decoding.token_ids) if req.return_pieces else None
             last = generate_snapshot_frame(handle.rid, decoding.token_ids, decoding.text, decoding.nfe, True,
                                            pieces=pieces)
-        server.client.count("ok")
-        # The stream's tail leaves in one write: one send and one client wake-up instead of three.
-        yield last + final_frame(server.generate_response(handle.rid, decoding, prompt_text)) + SSE_DONE
-        return
-    except ClientGone:
-        server.client.count("aborted")
-        return
-    except RuntimeError as exc:
-        server.client.count("error")
-        yield error_frame(handle.rid, str(exc))
-    finally:
-        events.close()
-    yield SSE_DONE
+        return last + final_frame(server.generate_response(handle.rid, decoding, prompt_text))
+    return server.stream(handle, decoding, body, lambda message: error_frame(handle.rid, message))

@@ -4,9 +4,8 @@ import time
 
 from flask import Flask
 
-from dlx.frontend.server import ClientGone
 from dlx.frontend.schemas import parse_chat, parse_completion
-from dlx.frontend.sse import SSE_DONE, chat_chunk, completion_chunk, finish_reason_openai, openai_error_frame, usage_chunk
+from dlx.frontend.sse import chat_chunk, completion_chunk, finish_reason_openai, openai_error_frame, usage_chunk
 
 
 def register(app: Flask, server, read_json, sse) -> None:
@@ -48,8 +47,7 @@ def stream(server, req, handle, decoding, rid: str, created: int, chat: bool):
             return chat_chunk(rid, created, model, delta, reason, snapshot)
         return completion_chunk(rid, created, model, text, reason, snapshot)
 
-    events = server.events(handle, decoding)
-    try:
+    def body(events):
         if chat:
             yield chunk("", None, None, first=True)
         for _ in events:
@@ -73,15 +71,5 @@ def stream(server, req, handle, decoding, rid: str, created: int, chat: bool):
         tail.append(chunk("", finish_reason_openai(decoding.finish_reason), final_snapshot))
         if req.include_usage:
             tail.append(usage_chunk(rid, created, model, decoding.usage(), chat=chat))
-        server.client.count("ok")
-        yield b"".join(tail) + SSE_DONE   # the tail leaves in one write (one send, one client wake-up)
-        return
-    except ClientGone:
-        server.client.count("aborted")
-        return
-    except RuntimeError as exc:
-        server.client.count("error")
-        yield openai_error_frame(str(exc))
-    finally:
-        events.close()
-    yield SSE_DONE
+        return b"".join(tail)
+    return server.stream(handle, decoding, body, openai_error_frame)

@@ -9,6 +9,7 @@ from flask import request
 from dlx.frontend.client import EngineClient
 from dlx.frontend.decoding import Decoding
 from dlx.frontend.schemas import RequestError, check_prompt_length
+from dlx.frontend.sse import SSE_DONE
 from dlx.frontend.tokenizer import FrontendTokenizer
 
 POLL_S = 0.5
@@ -111,6 +112,24 @@ class Server:
                 self.client.finish(handle)
             else:
                 self.client.abort(handle)
+
+    def stream(self, handle, decoding: Decoding, body, error_frame):
+        """An SSE stream's lifecycle, shared by every endpoint: body(events) yields frames while the engine
+        works and returns the stream's tail, which leaves with `[DONE]` in one write (one send, one client
+        wake-up). A client that left is counted and gets nothing more; an engine error gets
+        error_frame(message) before `[DONE]`."""
+        events = self.events(handle, decoding)
+        try:
+            tail = yield from body(events)
+            self.client.count("ok")
+            yield tail + SSE_DONE
+        except ClientGone:
+            self.client.count("aborted")
+        except RuntimeError as exc:
+            self.client.count("error")
+            yield error_frame(str(exc)) + SSE_DONE
+        finally:
+            events.close()
 
     def generate_response(self, rid: str, decoding: Decoding, prompt_text: str) -> dict:
         return {"id": rid, "text": decoding.text, "token_ids": decoding.token_ids, "nfe": decoding.nfe,
