@@ -109,13 +109,12 @@ class LLMEngine:
         chosen = self.sampler.choose(batch, logits, [len(p) for p in positions])
         committed = [self.sampler.apply(req, pos, *choice) for req, pos, choice in zip(batch, positions, chosen)]
         self.last_finished = {r.rid: r for r in self.scheduler.postprocess(batch)}
-        finished = set(self.last_finished)
         now = time.monotonic()
         outputs = []
         for req in batch:
             req.first_scheduled = req.first_scheduled or started_at
             req.first_step_done = req.first_step_done or now
-            outputs.append(self.snapshot(req, req.rid in finished))
+            outputs.append(self.snapshot(req, req.rid in self.last_finished))
         self.record_metrics(batch, committed, time.perf_counter() - started)
         return outputs
 

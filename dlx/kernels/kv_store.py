@@ -3,9 +3,9 @@ The PyTorch path and the Triton kernel live here; slot -1 means the row is not s
 # Annotations stay strings: the kernel below names tl.constexpr before Triton is imported (lazily).
 from __future__ import annotations
 
-import functools
-
 import torch
+
+from dlx.kernels.lazy_jit import jit_on_first_use
 
 KV_STORE_IMPLS = ("naive", "triton", "triton_grouped")
 
@@ -39,20 +39,10 @@ def _store_kv_rows(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
     tl.store(v_cache_ptr + cache_offsets, value.to(v_cache_ptr.dtype.element_ty), mask=in_range)
 
 
-@functools.cache
-def _store_kv_kernel():
-    """Triton is imported on first use, not with this module: the model imports this module on
-    CPU-only machines too, and Triton fixes interpreter-or-compiler when it is first imported."""
-    global triton, tl
-    import triton
-    import triton.language as tl
-    return triton.jit(_store_kv_rows)
-
-
 def store_kv_triton(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     slot_mapping: torch.Tensor) -> None:
     """Same contract as store_kv_reference in one launch with no device sync: slot -1 is skipped in-kernel."""
-    kernel = _store_kv_kernel()
+    kernel = jit_on_first_use(_store_kv_rows)
     if len(k) == 0:
         return
     k = k if k.stride(-1) == 1 else k.contiguous()

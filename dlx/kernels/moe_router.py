@@ -4,9 +4,9 @@ doing scores, bias, group choice, top-k and weight normalisation in one program 
 # model imports the reference from here on CPU-only machines too).
 from __future__ import annotations
 
-import functools
-
 import torch
+
+from dlx.kernels.lazy_jit import jit_on_first_use
 
 
 def route_reference(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, n_group: int, topk_group: int,
@@ -82,20 +82,11 @@ def _route_rows(logits_ptr, bias_ptr, ids_ptr, weights_ptr, stride_logits, scali
     tl.store(weights_ptr + token * TOP_K + slot, weights * scaling, mask=slot < TOP_K)
 
 
-@functools.cache
-def _route_kernel():
-    """Triton is imported on first use: it fixes interpreter-or-compiler when first imported."""
-    global triton, tl
-    import triton
-    import triton.language as tl
-    return triton.jit(_route_rows)
-
-
 def route_triton(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, n_group: int, topk_group: int,
                  scaling: float, score_function: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as route_reference except that ids are int32 (what fused_moe sorts); ties may come out
     in another order, so compare ids as sets per token."""
-    kernel = _route_kernel()
+    kernel = jit_on_first_use(_route_rows)
     logits = logits.float() if logits.stride(-1) == 1 else logits.float().contiguous()
     num_tokens, num_experts = logits.shape
     grouped = n_group > 1 and topk_group < n_group

@@ -3,9 +3,9 @@ With a residual both return (normed(x + residual), x + residual), the sum rounde
 # Annotations stay strings: the kernel below names tl.constexpr before Triton is imported (lazily).
 from __future__ import annotations
 
-import functools
-
 import torch
+
+from dlx.kernels.lazy_jit import jit_on_first_use
 
 NORM_IMPLS = ("naive", "triton")
 
@@ -42,16 +42,6 @@ def _rms_norm_rows(x_ptr, residual_ptr, weight_ptr, out_ptr, sum_ptr, eps,
     tl.store(out_ptr + row * stride_o + offs, (normed * weight).to(out_ptr.dtype.element_ty), mask=ok)
 
 
-@functools.cache
-def _rms_norm_kernel():
-    """Triton is imported on first use, not with this module: the model imports this module on CPU-only
-    machines too, and Triton fixes interpreter-or-compiler when it is first imported."""
-    global triton, tl
-    import triton
-    import triton.language as tl
-    return triton.jit(_rms_norm_rows)
-
-
 def _as_rows(t: torch.Tensor) -> torch.Tensor:
     """[rows, hidden] with a unit-stride last dimension; row-strided views (slices of wider rows) are kept."""
     rows = t.reshape(-1, t.shape[-1])
@@ -62,7 +52,7 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float,
                     residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Same contract as rms_norm_reference in one launch (x [..., hidden]); the residual must have x's shape and
     dtype. Outputs are new tensors: normed in the promoted dtype of x and weight, as `weight * x` gives."""
-    kernel = _rms_norm_kernel()
+    kernel = jit_on_first_use(_rms_norm_rows)
     hidden = x.shape[-1]
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype):
         raise ValueError(f"residual {tuple(residual.shape)} {residual.dtype} does not match x "

@@ -3,11 +3,11 @@ Triton kernel that reads q and k once from the fused QKV output and by default w
 # Annotations stay strings: the kernels below name tl.constexpr before Triton is imported (lazily).
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
+from dlx.kernels.lazy_jit import jit_on_first_use
 from dlx.kernels.norm import rms_norm_reference
 
 QK_IMPLS = ("naive", "triton")
@@ -100,16 +100,6 @@ def _qk_norm_rotary_rows(q_ptr, k_ptr, q_out_ptr, k_out_ptr, q_weight_ptr, k_wei
         tl.store(dst + r[None, :], rest.to(dtype), mask=rest_mask)
 
 
-@functools.cache
-def _qk_norm_rotary_kernel():
-    """Triton is imported on first use, not with this module: the model imports this module on CPU-only
-    machines too, and Triton fixes interpreter-or-compiler when it is first imported."""
-    global triton, tl
-    import triton
-    import triton.language as tl
-    return triton.jit(_qk_norm_rotary_rows)
-
-
 def heads_per_program(q_heads: int, k_heads: int, head_width: int) -> int:
     """Heads per program: a power of two dividing both head counts, so no program holds padding heads,
     capped so a tile stays under ELEMENTS_PER_PROGRAM."""
@@ -123,7 +113,7 @@ def qk_norm_rotary_triton(q: torch.Tensor, k: torch.Tensor | None, q_weight: tor
                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same contract as qk_norm_rotary_reference in one launch. inplace: q and k (strided views of the fused
     QKV output are fine) are overwritten and returned; otherwise new contiguous tensors are returned."""
-    kernel = _qk_norm_rotary_kernel()
+    kernel = jit_on_first_use(_qk_norm_rotary_rows)
     num_rows, q_heads, head_dim = q.shape
     k_heads, rotary_dim = (k.shape[1] if k is not None else 0), cos.shape[-1]
     has_norm = q_weight is not None

@@ -3,11 +3,10 @@ softmax probability, streamed once over the vocabulary with an online max and su
 # Annotations stay strings: the kernels below name tl.constexpr before Triton is imported (lazily).
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from dlx.kernels.device import sm_count
+from dlx.kernels.lazy_jit import jit_on_first_use
 
 SAMPLING_IMPLS = ("naive", "triton")
 MIN_SPLIT_ELEMENTS = 8192   # a vocabulary split shorter than this costs more to combine than it gains
@@ -82,16 +81,6 @@ def _argmax_prob_combine(part_max_ptr, part_sum_ptr, part_id_ptr, ids_ptr, probs
     tl.store(probs_ptr + row, 1.0 / total)
 
 
-@functools.cache
-def _argmax_prob_kernels():
-    """Triton is imported on first use, not with this module: the sampler imports this module on CPU-only
-    machines too, and Triton fixes interpreter-or-compiler when it is first imported."""
-    global triton, tl
-    import triton
-    import triton.language as tl
-    return triton.jit(_argmax_prob_split), triton.jit(_argmax_prob_combine)
-
-
 def choose_num_splits(rows: int, vocab: int, num_sms: int) -> int:
     """Split each row's vocabulary only while rows alone give fewer than two programs per SM (one program
     streaming per SM keeps too few loads in flight to reach full bandwidth); splits of ≥ MIN_SPLIT_ELEMENTS."""
@@ -104,7 +93,7 @@ def argmax_prob_triton(logits: torch.Tensor, exclude_id: int | None, *, block_v:
                        num_splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as argmax_prob_reference (logits [R, V], fp32 or bf16) without a device sync: ids int64,
     probabilities fp32. block_v / num_splits override the tile width and the vocabulary split count."""
-    split_kernel, combine_kernel = _argmax_prob_kernels()
+    split_kernel, combine_kernel = jit_on_first_use(_argmax_prob_split), jit_on_first_use(_argmax_prob_combine)
     logits = logits if logits.stride(-1) == 1 else logits.contiguous()
     rows, vocab = logits.shape
     ids = torch.empty(rows, dtype=torch.int64, device=logits.device)
