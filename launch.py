@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from dlx.config import Config, ConfigError, add_cli_arguments, config_from_args
+from dlx.config import DEFAULT_RUNTIME_FILE, Config, ConfigError, add_cli_arguments, config_from_args
 
 RING_SLOTS, SLOT_BYTES = 256, 4096
 SPARE_CHANNELS = 4   # gunicorn restarts workers; an external gunicorn may run more of them
@@ -71,7 +71,7 @@ def wait_for_signal() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="launch.py", description="Serve a diffusion language model over HTTP.")
     add_cli_arguments(parser)
-    parser.add_argument("--runtime-file", default="/tmp/dlx-runtime.json",
+    parser.add_argument("--runtime-file", default=DEFAULT_RUNTIME_FILE,
                         help="with --no-frontend: where to write the description that gunicorn frontends attach with")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 
 EMBEDDED_MODEL_DIR = os.path.join(os.path.dirname(__file__), "assets", "dlx-tiny")
+# Where `launch.py --no-frontend` describes its shared memory and an attaching gunicorn looks (DLX_RUNTIME).
+DEFAULT_RUNTIME_FILE = "/tmp/dlx-runtime.json"
 
 
 class ConfigError(ValueError):

@@ -6,6 +6,7 @@ import os
 from flask import Flask, Response, request, send_from_directory, stream_with_context
 from werkzeug.exceptions import HTTPException
 
+from dlx.config import DEFAULT_RUNTIME_FILE
 from dlx.frontend import openai_api
 from dlx.frontend.client import EngineUnavailable
 from dlx.frontend.decoding import Decoding
@@ -14,7 +15,6 @@ from dlx.frontend.schemas import RequestError, error_body, parse_generate
 from dlx.frontend.server import ClientGone, Server
 from dlx.frontend.sse import error_frame, final_frame, generate_append_frame, generate_snapshot_frame
 
-DEFAULT_RUNTIME = "/tmp/dlx-runtime.json"
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 
 
@@ -25,7 +25,7 @@ def json_error(message: str, status: int, type_: str | None = None, headers: dic
 
 
 def load_runtime() -> dict:
-    path = os.environ.get("DLX_RUNTIME", DEFAULT_RUNTIME)
+    path = os.environ.get("DLX_RUNTIME", DEFAULT_RUNTIME_FILE)
     if not os.path.isfile(path):
         raise RuntimeError(f"no dlx runtime file at {path}: start the engine with `python launch.py --no-frontend`")
     with open(path) as f:
