@@ -10,13 +10,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels import attention_batch, copy_bandwidth, time_ms  # noqa: E402
+from kernels import attention_batch, copy_bandwidth, kernel_breakdown, kernel_ms, time_ms  # noqa: E402
 
 from dlx.kernels import attention_triton  # noqa: E402
 
 CASES = [(1, 4096), (1, 8192), (8, 4096), (8, 8192), (64, 4096), (64, 8192), (64, 1024), (8, 1024)]
 TILES = [dict(BLOCK_Q=bq, BLOCK_N=bn, num_warps=w, num_stages=s)
          for bq, bn, w, s in itertools.product((32, 16), (32, 64, 128), (4, 8), (2, 3, 4))]
+QUICK_TILES = [dict(BLOCK_Q=32, BLOCK_N=n, num_warps=w, num_stages=s)
+               for n, w, s in itertools.product((64, 128), (4, 8), (2, 3, 4))]
 PREFETCH = {"off": (False,), "on": (True,), "both": (False, True)}
 SPLITS = (1, 2, 3, 4, 8, 16, 32, 64)
 
@@ -28,9 +30,11 @@ def main() -> None:
                         help="requests x context pairs, e.g. 8x4096,8x8192")
     parser.add_argument("--prefetch", choices=sorted(PREFETCH), default="both",
                         help="PREFETCH_PAGES launch option: page numbers loaded one key tile ahead")
+    parser.add_argument("--quick", action="store_true", help=f"only the {len(QUICK_TILES)} tiles of 32 query rows")
     options = parser.parse_args()
     cases = [tuple(int(x) for x in case.split("x")) for case in options.cases.split(",")]
-    tiles = [{**tile, "PREFETCH_PAGES": p} for tile in TILES for p in PREFETCH[options.prefetch]]
+    tiles = [{**tile, "PREFETCH_PAGES": p} for tile in (QUICK_TILES if options.quick else TILES)
+             for p in PREFETCH[options.prefetch]]
     copy_rate = copy_bandwidth()
     torch.cuda.empty_cache()
     print(f"# attention sweep on {torch.cuda.get_device_name()}, copy bandwidth {copy_rate / 1e12:.2f} TB/s")
@@ -54,9 +58,12 @@ def main() -> None:
         results.sort(key=lambda r: r[0])
         print(f"\n## {num_requests} requests x context {context_len} ({bytes_moved / 1e6:.1f} MB): "
               f"current heuristic {auto_ms:.4f} ms = {100 * bytes_moved / (auto_ms * 1e-3) / copy_rate:.0f}% copy")
+        parts = kernel_breakdown(lambda: attention_triton.paged_attention_triton(*args))
+        print("  kernels of the heuristic's launch: " + ", ".join(f"{name} {ms * 1e3:.1f} us" for name, ms in parts.items()))
         for ms, splits, tile, error in results[:options.top]:
-            print(f"  {ms:.4f} ms  {100 * bytes_moved / (ms * 1e-3) / copy_rate:5.1f}%  splits {splits:2d}  "
-                  f"{tile}  err {error:.1e}")
+            busy = kernel_ms(lambda: attention_triton.paged_attention_triton(*args, num_splits=splits, tile=tile))
+            print(f"  {ms:.4f} ms  {100 * bytes_moved / (ms * 1e-3) / copy_rate:5.1f}%  kernels {busy:.4f} ms "
+                  f"{100 * bytes_moved / (busy * 1e-3) / copy_rate:5.1f}%  splits {splits:2d}  {tile}  err {error:.1e}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session (see docs/benchmarks.md), in parts that each fit one device call: logs land in $OUT.
-# Usage: bash bench/gpu_session.sh [tests] [kernels] [serve] [sweep]   (no argument: tests kernels serve)
+# Usage: bash bench/gpu_session.sh [tests] [kernels] [serve] [sweep] [quicksweep]   (no argument: tests kernels serve)
 # Missing Python packages travel as wheels in .whl/ (see the device notes); run from the repository root.
 set -o pipefail
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/dlx-gpu-out}
@@ -22,13 +22,16 @@ for part in $parts; do
       timeout 150 python3 bench/kernels.py 2>&1 | tee "$OUT/kernels.md"
       timeout 150 python3 bench/decode.py --requests 32 --max-tokens 64 2>&1 | tail -n 8 | tee "$OUT/decode.md" ;;
     serve)
-      timeout 240 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 64 --max-tokens 64 \
-        --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 2>&1 | tail -n 20 | tee "$OUT/serve.md"
-      timeout 200 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 32 --max-tokens 256 \
-        --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --port 18322 2>&1 | tail -n 20 | tee "$OUT/serve256.md" ;;
+      timeout 200 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 192 --max-tokens 64 \
+        --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 5 2>&1 | tail -n 20 | tee "$OUT/serve.md"
+      timeout 150 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 64 --max-tokens 256 \
+        --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 5 --port 18322 2>&1 | tail -n 20 | tee "$OUT/serve256.md" ;;
     sweep)
       timeout 400 python3 bench/attention_sweep.py --cases 1x4096,8x4096,8x8192,64x4096 --prefetch both 2>&1 \
         | tee "$OUT/sweep.md" ;;
-    *) echo "unknown part $part (tests, kernels, serve, sweep)"; exit 2 ;;
+    quicksweep)
+      timeout 200 python3 bench/attention_sweep.py --quick --cases 8x4096,8x8192,64x1024,64x8192,1x8192,8x1024 \
+        --prefetch on --top 4 2>&1 | tee "$OUT/quicksweep.md" ;;
+    *) echo "unknown part $part (tests, kernels, serve, sweep, quicksweep)"; exit 2 ;;
   esac
 done

@@ -39,6 +39,38 @@ def time_ms(fn, iters: int = 20, graph: bool = True) -> float:
     return statistics.median(times)
 
 
+def kernel_breakdown(fn, iters: int = 20) -> dict[str, float]:
+    """Median milliseconds the GPU spends in each of fn's kernels per call (profiler timestamps, L2 flushed
+    before each call): what the call costs between neighbouring kernels of a captured forward, without the
+    launch latency that time_ms's events include (several microseconds, most of a one-request call)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            flush.zero_()
+            fn()
+        torch.cuda.synchronize()
+    kernels = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+    calls, current = [], None
+    for event in kernels:
+        if "fill" in event.name.lower():   # the flush starts the next call
+            current = {}
+            calls.append(current)
+        elif current is not None:
+            current[event.name] = current.get(event.name, 0.0) + event.time_range.elapsed_us() / 1e3
+    names = {name for call in calls for name in call}
+    return {name: statistics.median(call.get(name, 0.0) for call in calls) for name in sorted(names)}
+
+
+def kernel_ms(fn, iters: int = 20) -> float:
+    """Median GPU milliseconds of fn's kernels per call (see kernel_breakdown)."""
+    breakdown = kernel_breakdown(fn, iters)
+    return sum(breakdown.values()) if breakdown else float("nan")
+
+
 def copy_bandwidth() -> float:
     """Bytes per second of a 4 GiB device-to-device copy (bytes read + bytes written)."""
     src = torch.empty(4 * GIB, dtype=torch.uint8, device="cuda")
@@ -79,9 +111,14 @@ def attention_section(copy_bytes_per_s: float) -> None:
     from dlx.kernels import attention_plan, attention_triton
     print("\n## paged block-diffusion attention (bf16, 16 q / 4 kv heads, dim 128, page 32, block 32, "
           f"{NEW_TOKENS} new tokens per request, caches cold in L2)")
-    print("bandwidth = (cached K+V + new K/V + q + out bytes) / time; % is of the measured copy bandwidth")
+    print("bandwidth = (cached K+V + new K/V + q + out bytes) / time; % is of the measured copy bandwidth; "
+          "triton ms = CUDA events around a graph replay (launch latency included), kernel ms = the kernels' own "
+          "GPU time (profiler)")
+    tiny = torch.zeros(1, device="cuda")
+    print(f"timing floor, a one-element add: {time_ms(lambda: tiny.add_(1)):.4f} ms by events, "
+          f"{kernel_ms(lambda: tiny.add_(1)):.4f} ms of kernel time")
     header = ("requests", "context", "MB", "splits", "naive ms", "naive GB/s", "triton ms", "triton TB/s",
-              "% copy", "1-pass ms", "max |err|")
+              "% copy", "kernel ms", "% copy, kernel", "1-pass ms", "max |err|")
     print(" | ".join(f"{h:>10}" for h in header))
     for context_len in (1024, 4096, 8192):
         for num_requests in (1, 8, 64):
@@ -90,6 +127,7 @@ def attention_section(copy_bytes_per_s: float) -> None:
             splits = attention_plan.launch_plan(args[0], KV_HEADS, args[6], cached=True)[2]
             triton_ms = time_ms(lambda: attention_triton.paged_attention_triton(*args))
             one_pass_ms = time_ms(lambda: attention_triton.paged_attention_triton(*args, num_splits=1))
+            busy_ms = kernel_ms(lambda: attention_triton.paged_attention_triton(*args))
             naive_ms = naive_rate = error = float("nan")
             if num_requests <= 8:  # the reference loops over requests in Python: small cases only
                 naive_ms = time_ms(lambda: attention_reference(*args), iters=5, graph=False)
@@ -98,7 +136,8 @@ def attention_section(copy_bytes_per_s: float) -> None:
             triton_rate = bytes_moved / (triton_ms * 1e-3)
             row = (num_requests, context_len, f"{bytes_moved / 1e6:.1f}", splits, f"{naive_ms:.3f}",
                    f"{naive_rate:.1f}", f"{triton_ms:.4f}", f"{triton_rate / 1e12:.2f}",
-                   f"{100 * triton_rate / copy_bytes_per_s:.0f}%", f"{one_pass_ms:.4f}", f"{error:.2e}")
+                   f"{100 * triton_rate / copy_bytes_per_s:.0f}%", f"{busy_ms:.4f}",
+                   f"{100 * bytes_moved / (busy_ms * 1e-3) / copy_bytes_per_s:.0f}%", f"{one_pass_ms:.4f}", f"{error:.2e}")
             print(" | ".join(f"{str(c):>10}" for c in row), flush=True)
 
 

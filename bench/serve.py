@@ -17,7 +17,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dlx.config import Config  # noqa: E402
+from dlx.config import Config, auto_frontend_workers  # noqa: E402
 from dlx.engine.engine import LLMEngine  # noqa: E402
 from dlx.engine.sampling_params import SamplingParams  # noqa: E402
 
@@ -170,7 +170,9 @@ def run_http(url: str, work: list[list[int]], concurrency: int, max_tokens: int,
 
 def start_server(args, port: int) -> subprocess.Popen:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in engine_args(args).items() if v is not None]
-    proc = subprocess.Popen([sys.executable, "launch.py", *flags, "--port", str(port), "--frontend-workers", "2"],
+    if args.frontend_workers:
+        flags.append(f"--frontend-workers={args.frontend_workers}")
+    proc = subprocess.Popen([sys.executable, "launch.py", *flags, "--port", str(port)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -196,7 +198,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18321)
     parser.add_argument("--admission-wait-ms", type=float, default=5.0,
                         help="the server's --admission-wait-ms (0 = start the next step at once)")
-    parser.add_argument("--client-processes", type=int, default=4,
+    parser.add_argument("--frontend-workers", type=int, default=None,
+                        help="the server's --frontend-workers (default: the server's own, one per 4 cores)")
+    parser.add_argument("--client-processes", type=int, default=8,
                         help="HTTP client processes the concurrent clients are spread over")
     parser.add_argument("--rounds", type=int, default=3, help="alternating in-process/HTTP rounds (median)")
     parser.add_argument("--open-loop", action="store_true",
@@ -235,7 +239,8 @@ def main() -> None:
     print(f"\nServing benchmark on {card} — model {os.path.basename(os.path.normpath(args.model))}, "
           f"{args.requests} requests × {args.max_tokens} tokens, greedy, "
           f"{'open loop (all submitted at once)' if args.open_loop else 'closed loop'}, "
-          f"server --admission-wait-ms {args.admission_wait_ms}; median of {args.rounds} alternating rounds\n")
+          f"server --admission-wait-ms {args.admission_wait_ms}, {args.frontend_workers or auto_frontend_workers()} "
+          f"frontend workers, {processes} client processes; median of {args.rounds} alternating rounds\n")
     print("| concurrency | path | wall s | requests/s | tokens/s | mean TTFT ms | per-stream tokens/s "
           "| steps | requests per step | mean step ms | engine busy | client − engine ms | HTTP+IPC overhead |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")

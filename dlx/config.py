@@ -11,6 +11,13 @@ EMBEDDED_MODEL_DIR = os.path.join(os.path.dirname(__file__), "assets", "dlx-tiny
 DEFAULT_RUNTIME_FILE = "/tmp/dlx-runtime.json"
 
 
+def auto_frontend_workers() -> int:
+    """Frontends parse, tokenize and stream for every request; when many requests finish in one step,
+    their clients' follow-ups arrive together, and more frontends turn them around in parallel. One per
+    four cores leaves the engine leader and the clients theirs: 2 on small machines, at most 8."""
+    return max(2, min(8, (os.cpu_count() or 1) // 4))
+
+
 class ConfigError(ValueError):
     """A bad setting; the message is one sentence meant for the person who typed the command."""
 
@@ -53,7 +60,7 @@ class Config:
     pre_merge_lora: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
-    frontend_workers: int = 2
+    frontend_workers: int | None = None
     no_frontend: bool = False
     api_key: str | None = None
     max_request_bytes: int = 4 << 20
@@ -115,6 +122,8 @@ class Config:
             self.moe_impl = "triton" if self.attn_impl == "triton_grouped" else "naive"
 
     def _check_layout(self) -> None:
+        if self.frontend_workers is None:
+            self.frontend_workers = auto_frontend_workers()
         for name in ("block_size", "page_size", "buffer_size", "max_num_reqs", "max_num_batched_tokens",
                      "denoising_steps", "frontend_workers", "max_waiting_requests", "max_request_bytes"):
             if getattr(self, name) < 1:
@@ -180,6 +189,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                              "step) for follow-up requests to join the next step, while such waits keep "
                              "catching arrivals; 0 disables",
         "no_frontend": "start only the engine workers; attach gunicorn frontends separately",
+        "frontend_workers": "gunicorn gevent frontend processes (default: one per 4 CPU cores, 2 to 8)",
         "api_key": "require 'Authorization: Bearer KEY' (also DLX_API_KEY)",
     }
     for f in dataclasses.fields(Config):

@@ -171,13 +171,15 @@ def test_llada2_mini_shapes_bf16(num_requests, context_len):
         assert_matches_reference(case, num_splits=splits)
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
 @pytest.mark.parametrize("splits", [1, 3])
-def test_page_prefetch_matches_reference(splits):
-    """The PREFETCH_PAGES launch option (page numbers of the next key tile loaded one tile ahead): several
-    tiles per split, scattered pages, contexts ending mid-page and mid-tile, one request without cache."""
+def test_page_prefetch_on_and_off_match_reference(splits, prefetch):
+    """The PREFETCH_PAGES launch option (page numbers of the next key tile loaded one tile ahead; on by
+    default) and the plain loads it replaces: several tiles per split, scattered pages, contexts ending
+    mid-page and mid-tile, one request without cache."""
     block_size, page_size = 8, 8
     case = make_case([9, 4, 17], [5 * page_size + 3, 0, 11 * page_size - 1], 8, 2, 16, block_size, page_size, seed=11)
-    tile = {**attention_plan.tile_shape(4, 16, 17, torch.float32, splits > 1), "BLOCK_N": 16, "PREFETCH_PAGES": True}
+    tile = {**attention_plan.tile_shape(4, 16, 17, torch.float32), "BLOCK_N": 16, "PREFETCH_PAGES": prefetch}
     assert_matches_reference(case, num_splits=splits, tile=tile)
 
 
@@ -188,10 +190,10 @@ def test_llada2_mini_ragged_queries_bf16():
         assert_matches_reference(case, num_splits=splits)
 
 
-@pytest.mark.parametrize("split_kv", [False, True])
-def test_tile_shape_uses_the_swept_launch_options(split_kv):
-    """LLaDA2.0-mini (group 4, head dim 128, 32-token blocks) in bf16: a full-height 128-row tile; the
-    launch options bench/attention_sweep.py measured best on the H100 for one-wave and split grids."""
-    shape = attention_plan.tile_shape(4, 128, 32, torch.bfloat16, split_kv)
+def test_tile_shape_uses_the_swept_launch_options():
+    """LLaDA2.0-mini (group 4, head dim 128, 32-token blocks) in bf16: a full-height 128-row tile and the
+    launch options bench/attention_sweep.py measured best on the H100; short tiles keep 4 warps."""
+    shape = attention_plan.tile_shape(4, 128, 32, torch.bfloat16)
     assert shape["BLOCK_Q"] * 4 == 128 and shape["BLOCK_N"] == 64
-    assert (shape["num_warps"], shape["num_stages"]) == ((8, 3) if split_kv else (4, 2))
+    assert (shape["num_warps"], shape["num_stages"], shape["PREFETCH_PAGES"]) == (8, 3, True)
+    assert attention_plan.tile_shape(4, 16, 4, torch.bfloat16)["num_warps"] == 4

@@ -72,11 +72,22 @@ def test_bounded_by_a_quarter_of_the_step():
 def test_no_wait_without_finishes_room_or_setting():
     for leader, finished in ((leader_with([generate("a")]), 0),
                              (leader_with([generate("a")], running=8, max_num_reqs=8), 1),
-                             (leader_with([generate("a")], wait_ms=0.0), 1),
-                             (leader_with([generate("a")], running=0), 1)):
+                             (leader_with([generate("a")], wait_ms=0.0), 1)):
         leader.wait_for_followers(finished)
         assert leader.channels.waits == [] and leader.early == []
         assert leader.metrics.admission_waits == {"caught": 0, "empty": 0}
+
+
+def test_an_idle_engine_gathers_the_burst_that_follows_a_finished_batch():
+    """Everything finished at once: the clients' next requests arrive together, and a step started on the
+    first of them would leave the others a whole step behind. The gathered commands keep the leader from
+    its idle wait, so the next step starts as soon as the wait ends."""
+    leader = leader_with([generate("a"), generate("b"), generate("c")], running=0)
+    assert leader.idle()
+    leader.wait_for_followers(finished=3)
+    assert [cmd["rid"] for cmd in leader.early] == ["a", "b", "c"]
+    assert leader.metrics.admission_waits == {"caught": 1, "empty": 0}
+    assert not leader.idle()
 
 
 def test_policy_stops_waiting_for_open_traffic_and_probes():

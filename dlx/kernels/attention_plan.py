@@ -36,33 +36,29 @@ def host_summary(meta: AttentionMetadata) -> tuple[int, int, int]:
     return summary
 
 
-def tile_shape(group_pad: int, head_dim: int, max_query_len: int, dtype: torch.dtype, split_kv: bool) -> dict:
+def tile_shape(group_pad: int, head_dim: int, max_query_len: int, dtype: torch.dtype) -> dict:
     """Tile sizes and launch options. A tile holds up to 128 (query, head) rows, so one K/V tile feeds
     a full-height MMA even for short diffusion blocks, and at least 16 (the MMA minimum). fp32 dots
     run on FMA units and take far more registers: smaller tiles there (sm_90 ptxas: no spills).
-    Warps and stages for 16-bit tiles come from the H100 sweep (bench/attention_sweep.py): when the
-    grid fills the GPU, 4 warps and 2 stages (73-77% of copy bandwidth at 64 requests x 4k-8k keys,
-    against 61-64% with 8 warps); split-KV grids of less than a wave, 8 warps and 3 stages."""
+    16-bit options come from the H100 sweep (bench/attention_sweep.py, docs/benchmarks.md): page numbers
+    loaded one key tile ahead, 64-key tiles, 8 warps, 3 stages, for split and one-pass grids alike
+    (90% of copy bandwidth at 64 requests x 8k keys, against 74% with 4 warps, 2 stages, no prefetch)."""
     wide = dtype == torch.float32
     rows_cap = 32 if wide else 128
     block_q = min(max(1, rows_cap // group_pad),
                   max(triton.next_power_of_2(max(max_query_len, 1)), 16 // group_pad, 1))
     big_tile = block_q * group_pad * head_dim >= (32 if wide else 64) * 128
     if wide:
-        return dict(BLOCK_Q=block_q, BLOCK_N=16, num_warps=8 if big_tile else 4, num_stages=2, PREFETCH_PAGES=False)
-    if split_kv:
-        return dict(BLOCK_Q=block_q, BLOCK_N=64, num_warps=8 if big_tile else 4, num_stages=3, PREFETCH_PAGES=False)
-    return dict(BLOCK_Q=block_q, BLOCK_N=64, num_warps=4, num_stages=2, PREFETCH_PAGES=False)
+        return dict(BLOCK_Q=block_q, BLOCK_N=16, num_warps=8 if big_tile else 4, num_stages=2, PREFETCH_PAGES=True)
+    return dict(BLOCK_Q=block_q, BLOCK_N=64, num_warps=8 if big_tile else 4, num_stages=3, PREFETCH_PAGES=True)
 
 
 def launch_plan(q: torch.Tensor, num_kv_heads: int, meta: AttentionMetadata, cached: bool) -> tuple[dict, int, int]:
     """(tile shape, query tiles per request, automatic split count) of one forward's attention calls."""
     max_query_len, max_context_len, _ = host_summary(meta)
     group_pad, head_dim_pad = triton.next_power_of_2(q.shape[1] // num_kv_heads), padded_head_dim(q.shape[2])
-    shape = tile_shape(group_pad, head_dim_pad, max_query_len, q.dtype, split_kv=False)
+    shape = tile_shape(group_pad, head_dim_pad, max_query_len, q.dtype)
     q_tiles = triton.cdiv(max_query_len, shape["BLOCK_Q"])
     splits = choose_num_splits(meta.num_requests * num_kv_heads * q_tiles, max_context_len if cached else 0,
                                sm_count(q.device))
-    if splits > 1:
-        shape = tile_shape(group_pad, head_dim_pad, max_query_len, q.dtype, split_kv=True)
     return shape, q_tiles, splits

@@ -60,7 +60,7 @@ class Leader:
         self.publish(force=True)
         try:
             while not self.should_stop():
-                if not self.engine.has_work():
+                if self.idle():
                     self.channels.ready(IDLE_WAIT_S)
                 commands = self.early + self.drain() + self.internal_aborts
                 self.early, self.internal_aborts = [], []
@@ -80,6 +80,10 @@ class Leader:
         finally:
             if self.sync:
                 self.sync(None)   # followers stop too
+
+    def idle(self) -> bool:
+        """Nothing to step and no command in hand (followers gathered by wait_for_followers count)."""
+        return not self.engine.has_work() and not self.early
 
     def should_stop(self) -> bool:
         control = self.board.read(0) or {}
@@ -125,13 +129,14 @@ class Leader:
         return finished
 
     def wait_for_followers(self, finished: int) -> None:
-        """After a step that finished requests while others keep decoding, give the clients' next requests
-        a moment to arrive (a closed-loop client answers within a few milliseconds) so they join the next
-        step rather than the one after: at most admission_wait_ms and a quarter of the last step, and only
-        while such waits keep catching arrivals (AdmissionPolicy)."""
+        """After a step that finished requests, give the clients' next requests a moment to arrive (a
+        closed-loop client answers within a few milliseconds) so they join the next step rather than the
+        one after: at most admission_wait_ms and a quarter of the last step, and only while such waits keep
+        catching arrivals (AdmissionPolicy). Also when nothing else runs: requests that finished together
+        are followed by a burst, and a step started on its first arrival would leave the rest a step behind."""
         limit = min(self.engine.cfg.admission_wait_ms / 1000, self.last_step_s / 4)
         room = self.engine.cfg.max_num_reqs - len(self.engine.scheduler.running) - len(self.engine.scheduler.waiting)
-        if finished == 0 or limit <= 0 or room <= 0 or not self.engine.has_work() or not self.admission.should_wait():
+        if finished == 0 or limit <= 0 or room <= 0 or not self.admission.should_wait():
             return
         started = time.perf_counter()
         deadline = started + limit
