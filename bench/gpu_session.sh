@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session (see docs/benchmarks.md), in parts that each fit one device call: logs land in $OUT.
+# Measured on the H100 machine: tests ~140 s, kernels ~70 s, serve ~300 s, quicksweep ~200 s, sweep more than 400 s.
 # Usage: bash bench/gpu_session.sh [tests] [kernels] [serve] [sweep] [quicksweep]   (no argument: tests kernels serve)
 # Missing Python packages travel as wheels in .whl/ (see the device notes); run from the repository root.
 set -o pipefail
@@ -20,12 +21,13 @@ for part in $parts; do
         tests/test_engine_triton.py 2>&1 | tail -n 30 | tee "$OUT/gpu_tests.log" ;;
     kernels)
       timeout 150 python3 bench/kernels.py 2>&1 | tee "$OUT/kernels.md"
+      timeout 60 python3 bench/attention_breakdown.py 2>&1 | tee "$OUT/breakdown.md"
       timeout 150 python3 bench/decode.py --requests 32 --max-tokens 64 2>&1 | tail -n 8 | tee "$OUT/decode.md" ;;
     serve)
-      timeout 200 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 192 --max-tokens 64 \
-        --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 5 2>&1 | tail -n 20 | tee "$OUT/serve.md"
+      timeout 240 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 192 --max-tokens 64 \
+        --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 3 2>&1 | tail -n 20 | tee "$OUT/serve.md"
       timeout 150 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 64 --max-tokens 256 \
-        --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 5 --port 18322 2>&1 | tail -n 20 | tee "$OUT/serve256.md" ;;
+        --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 3 --port 18322 2>&1 | tail -n 20 | tee "$OUT/serve256.md" ;;
     sweep)
       timeout 400 python3 bench/attention_sweep.py --cases 1x4096,8x4096,8x8192,64x4096 --prefetch both 2>&1 \
         | tee "$OUT/sweep.md" ;;

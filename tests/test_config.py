@@ -31,6 +31,15 @@ def test_bad_combinations(tiny_dir, kw, message):
         finalize(tiny_dir, **kw)
 
 
+@pytest.mark.parametrize("cores,expected", [(1, 2), (2, 2), (16, 4), (24, 6), (128, 8)])
+def test_frontend_workers_follow_the_cores_unless_chosen(tiny_dir, monkeypatch, cores, expected):
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert finalize(tiny_dir).frontend_workers == expected
+    assert finalize(tiny_dir, frontend_workers=3).frontend_workers == 3
+    with pytest.raises(ConfigError, match="--frontend-workers must be at least 1"):
+        finalize(tiny_dir, frontend_workers=0)
+
+
 def test_missing_model_dir(tmp_path):
     with pytest.raises(ConfigError, match="is not a model directory"):
         Config(model=str(tmp_path / "nothing")).finalize(cuda_available=False)

@@ -1,0 +1,36 @@
+"""Where a split-KV attention call spends its GPU time: the split kernel and the combine kernel, timed apart
+by the profiler at the kernel benchmark's shapes (bench/kernels.py), for the cases below target."""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernels import attention_batch, copy_bandwidth, kernel_breakdown  # noqa: E402
+
+from dlx.kernels import attention_plan, attention_triton  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cases", default="1x4096,1x8192,8x4096,8x8192", help="requests x context pairs")
+    options = parser.parse_args()
+    copy_rate = copy_bandwidth()
+    print("| requests | context | MB | splits | kernel | GPU us | share |")
+    print("|---|---|---|---|---|---|---|")
+    for case in options.cases.split(","):
+        num_requests, context_len = (int(x) for x in case.split("x"))
+        args, bytes_moved = attention_batch(num_requests, context_len)
+        splits = attention_plan.launch_plan(args[0], 4, args[6], cached=True)[2]
+        parts = kernel_breakdown(lambda: attention_triton.paged_attention_triton(*args))
+        total = sum(parts.values())
+        for name, ms in parts.items():
+            print(f"| {num_requests} | {context_len} | {bytes_moved / 1e6:.1f} | {splits} | {name.strip('_')} "
+                  f"| {ms * 1e3:.1f} | {100 * ms / total:.0f}% |")
+        print(f"| {num_requests} | {context_len} | {bytes_moved / 1e6:.1f} | {splits} | all | {total * 1e3:.1f} "
+              f"| {100 * bytes_moved / (total * 1e-3) / copy_rate:.0f}% of copy |")
+
+
+if __name__ == "__main__":
+    main()
