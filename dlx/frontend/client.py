@@ -11,6 +11,9 @@ from dlx.ipc.board import StatusBoard
 
 ENGINE_WAIT_S = 30.0      # how long a new request waits for a restarting engine before a 503
 HEARTBEAT_STALE_S = 10.0
+# A group found ready stays trusted this long, so a burst of submits shares one check (two /proc reads,
+# two board reads). A death inside the window still reaches the request: the reader fails its channel.
+READY_CACHE_S = 0.05
 
 
 class EngineUnavailable(Exception):
@@ -36,6 +39,7 @@ class EngineClient:
         self.channels: list = []
         self.inflight: dict[str, RequestHandle] = {}
         self.counters: dict[str, int] = {}
+        self.ready_until: dict[int, float] = {}   # group → monotonic time its last good check expires
 
     def start(self) -> None:
         """Claim channels and start the readers; called lazily in the serving process (after fork)."""
@@ -64,7 +68,7 @@ class EngineClient:
     def pick_channel(self):
         deadline = time.monotonic() + ENGINE_WAIT_S
         while True:
-            alive = [c for c in self.channels if c.peer_alive() and self.group_ready(self.channels.index(c))]
+            alive = [c for group, c in enumerate(self.channels) if self.accepting(group)]
             if alive:
                 load = {id(c): 0 for c in alive}
                 for h in self.inflight.values():
@@ -74,6 +78,16 @@ class EngineClient:
             if time.monotonic() > deadline:
                 raise EngineUnavailable("the engine is not available (starting or restarting); retry later")
             gevent.sleep(0.25)
+
+    def accepting(self, group: int) -> bool:
+        """The group's leader is attached and its pool ready (remembered for READY_CACHE_S when true)."""
+        now = time.monotonic()
+        if self.ready_until.get(group, 0.0) > now:
+            return True
+        ready = self.channels[group].peer_alive() and self.group_ready(group)
+        if ready:
+            self.ready_until[group] = now + READY_CACHE_S
+        return ready
 
     def abort(self, handle: RequestHandle) -> None:
         if handle.done:
@@ -108,6 +122,7 @@ class EngineClient:
                     handle.events.put(event)
 
     def fail_channel(self, channel, message: str) -> None:
+        self.ready_until.pop(self.channels.index(channel), None)
         for handle in [h for h in self.inflight.values() if h.channel is channel]:
             handle.events.put({"type": "error", "rid": handle.rid, "message": message, "code": 500})
             self.inflight.pop(handle.rid, None)

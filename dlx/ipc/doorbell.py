@@ -1,9 +1,10 @@
 """Doorbells: named FIFOs that let a blocked ring side sleep in the kernel until its peer rings.
-Owns creating/opening the FIFOs and the readiness wait (select module, cooperative under gevent)."""
+Owns creating/opening the FIFOs and the readiness wait (select.poll; one kept io watcher under gevent)."""
 from __future__ import annotations
 
 import os
 import select
+import sys
 
 
 def wait_readable(fds: list[int], timeout: float) -> list[int]:
@@ -21,6 +22,12 @@ def wait_readable(fds: list[int], timeout: float) -> list[int]:
     return [fd for fd, mask in events if mask & wake_mask]
 
 
+def cooperative() -> bool:
+    """True in a gevent-patched process (the frontends): waits must yield to the other greenlets."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("select")
+
+
 class Doorbell:
     """One FIFO shared by the ringing side and the waiting side.
 
@@ -31,6 +38,7 @@ class Doorbell:
     def __init__(self, path: str, fd: int) -> None:
         self.path = path
         self._fd = fd
+        self._watcher = None   # gevent io watcher, made on the first cooperative wait
 
     @classmethod
     def create(cls, path: str) -> Doorbell:
@@ -66,12 +74,29 @@ class Doorbell:
 
     def wait(self, timeout: float) -> bool:
         """Sleep until rung or `timeout` passes; True if rung. Pending rings are drained."""
-        if wait_readable([self._fd], timeout):
+        if self._wait_cooperative(timeout) if cooperative() else wait_readable([self._fd], timeout):
             self.drain()
             return True
         return False
 
+    def _wait_cooperative(self, timeout: float) -> bool:
+        """The gevent wait on one kept io watcher: half the cost of gevent's select.poll emulation, which
+        builds a poller and a watcher per call (a busy frontend waits once per engine message). Callers
+        hold the ring's lock, so no two greenlets wait on one doorbell."""
+        import gevent
+        from gevent.socket import wait as wait_on_watcher
+        if self._watcher is None:
+            self._watcher = gevent.get_hub().loop.io(self._fd, 1)
+        try:
+            wait_on_watcher(self._watcher, timeout=max(0.0, timeout))
+        except TimeoutError:
+            return False
+        return True
+
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
