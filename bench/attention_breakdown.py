@@ -14,14 +14,17 @@ from dlx.kernels import attention_plan, attention_triton  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cases", default="1x4096,1x8192,8x4096,8x8192", help="requests x context pairs")
+    parser.add_argument("--cases", default="1x4096,1x8192,8x4096,8x8192,64x4096,64x8192",
+                        help="requests x context pairs")
+    parser.add_argument("--contiguous-pages", action="store_true",
+                        help="each request's pages in order (default: shuffled, as in bench/kernels.py)")
     options = parser.parse_args()
     copy_rate = copy_bandwidth()
     print("| requests | context | MB | splits | kernel | GPU us | share |")
     print("|---|---|---|---|---|---|---|")
     for case in options.cases.split(","):
         num_requests, context_len = (int(x) for x in case.split("x"))
-        args, bytes_moved = attention_batch(num_requests, context_len)
+        args, bytes_moved = attention_batch(num_requests, context_len, shuffled_pages=not options.contiguous_pages)
         splits = attention_plan.launch_plan(args[0], 4, args[6], cached=True)[2]
         parts = kernel_breakdown(lambda: attention_triton.paged_attention_triton(*args))
         total = sum(parts.values())

@@ -84,9 +84,11 @@ def copy_bandwidth() -> float:
 HEADS, KV_HEADS, HEAD_DIM, PAGE, BLOCK, NEW_TOKENS = 16, 4, 128, 32, 32, 32  # LLaDA2.0-mini, one GPU
 
 
-def attention_batch(num_requests: int, context_len: int, dtype: torch.dtype = torch.bfloat16):
-    """num_requests requests of NEW_TOKENS in-flight tokens after context_len cached ones, pages shuffled;
-    q/k/v are views of one fused QKV, as the model produces them."""
+def attention_batch(num_requests: int, context_len: int, dtype: torch.dtype = torch.bfloat16,
+                    shuffled_pages: bool = True):
+    """num_requests requests of NEW_TOKENS in-flight tokens after context_len cached ones, pages shuffled
+    (as a long-running server's are) unless shuffled_pages is False; q/k/v are views of one fused QKV,
+    as the model produces them."""
     gen = torch.Generator(device="cuda").manual_seed(num_requests * 7919 + context_len)
     rows, pages_each = num_requests * NEW_TOKENS, -(-context_len // PAGE)
     qkv = torch.randn(rows, HEADS + 2 * KV_HEADS, HEAD_DIM, device="cuda", dtype=dtype, generator=gen)
@@ -94,7 +96,8 @@ def attention_batch(num_requests: int, context_len: int, dtype: torch.dtype = to
     num_pages = max(1, num_requests * pages_each)
     k_cache = torch.randn(num_pages, PAGE, KV_HEADS, HEAD_DIM, device="cuda", dtype=dtype, generator=gen)
     v_cache = torch.randn_like(k_cache)
-    order = torch.randperm(num_pages, device="cuda", generator=gen).int()
+    order = (torch.randperm(num_pages, device="cuda", generator=gen) if shuffled_pages
+             else torch.arange(num_pages, device="cuda")).int()
     table = order[:num_requests * pages_each].view(num_requests, pages_each)
     positions = (torch.arange(NEW_TOKENS, device="cuda") + context_len).repeat(num_requests)
     meta = AttentionMetadata(
