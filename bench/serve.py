@@ -168,6 +168,20 @@ def run_http(url: str, work: list[list[int]], concurrency: int, max_tokens: int,
                                                                        "waits_caught", "waits_empty", "held_s")}}
 
 
+def overhead_parts(inproc: dict, http: dict) -> str:
+    """The HTTP run's overhead split three ways against the in-process run: steps that ran slower (the
+    engine's CPU-bound step time varies between processes and runs), extra steps (smaller batches:
+    follow-ups that missed a step), and time the engine sat idle waiting for requests (transport)."""
+    step = inproc["busy_s"] / max(inproc["steps"], 1)
+    slower = http["busy_s"] - http["steps"] * step
+    extra = (http["steps"] - inproc["steps"]) * step
+    idle = http["wall_s"] - http["busy_s"]
+    total = http["wall_s"] - inproc["wall_s"]   # = slower + extra + idle, up to the in-process run's own idle
+    base = inproc["wall_s"] / 100
+    return (f"overhead {total / base:+.1f}% = slower steps {slower / base:+.1f}% + extra steps {extra / base:+.1f}% "
+            f"+ engine idle {idle / base:+.1f}% (in-process idle {(inproc['wall_s'] - inproc['busy_s']) / base:.1f}%)")
+
+
 def start_server(args, port: int) -> subprocess.Popen:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in engine_args(args).items() if v is not None]
     if args.frontend_workers:
@@ -258,6 +272,7 @@ def main() -> None:
 
     for c in levels:
         print(f"\nwall s per round at concurrency {c}: in-process {spread[c][0]}, HTTP {spread[c][1]}")
+        print(overhead_parts(inproc[c], http[c]))
         busiest = sorted(http[c]["cpu"].items(), key=lambda kv: -kv[1])[:6]
         slow = http[c]["steps"] - http[c]["steps_under_160ms"]
         print(f"\nHTTP run at concurrency {c}: {slow:.0f} engine steps over 160 ms. Admission waits: "
