@@ -18,7 +18,7 @@ from dlx.engine.engine import LLMEngine  # noqa: E402
 from dlx.engine.sampling_params import SamplingParams  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_http import run_http  # noqa: E402
+from serve_http import run_http, tree_cpu_seconds  # noqa: E402
 
 
 def prompts(n: int) -> list[list[int]]:
@@ -69,6 +69,31 @@ def overhead_parts(inproc: dict, http: dict) -> str:
             f"+ engine idle {idle / base:+.1f}% (in-process idle {(inproc['wall_s'] - inproc['busy_s']) / base:.1f}%)")
 
 
+def pin_engines(cpu: int, server_pid: int, client_pids: list[int]) -> None:
+    """Both engines (this process and the server's engine workers) on one CPU, everything else (frontends,
+    clients) off it: the paths then differ in their transport only, not in where their CPU-bound steps ran."""
+    everything = os.sched_getaffinity(0)
+    others = everything - {cpu}
+    for pid, command in tree_commands(server_pid).items():
+        os.sched_setaffinity(pid, {cpu} if b"spawn_main" in command else others)
+    for pid in client_pids:
+        os.sched_setaffinity(pid, others)
+    os.sched_setaffinity(0, {cpu})
+
+
+def tree_commands(root: int) -> dict[int, bytes]:
+    """Command line of every process in root's tree (the server's engine workers run spawn_main)."""
+    commands = {}
+    for key in tree_cpu_seconds(root):
+        pid = int(key.split()[0])
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                commands[pid] = f.read()
+        except OSError:
+            continue
+    return commands
+
+
 def start_server(args, port: int) -> subprocess.Popen:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in engine_args(args).items() if v is not None]
     if args.frontend_workers:
@@ -104,6 +129,8 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=8,
                         help="HTTP client processes the concurrent clients are spread over")
     parser.add_argument("--rounds", type=int, default=3, help="alternating in-process/HTTP rounds (median)")
+    parser.add_argument("--pin-engines", type=int, default=None, metavar="CPU",
+                        help="run both engines on this CPU and the frontends and clients on the others")
     parser.add_argument("--open-loop", action="store_true",
                         help="submit every request at once (concurrency = --requests): isolates transport cost "
                              "from the admission lag a closed loop of very short requests adds")
@@ -116,6 +143,8 @@ def main() -> None:
     clients = (multiprocessing.get_context("fork").Pool(processes), processes)
     engine = LLMEngine(Config(**engine_args(args)).finalize())
     server = start_server(args, args.port)
+    if args.pin_engines is not None:
+        pin_engines(args.pin_engines, server.pid, [w.pid for w in clients[0]._pool])
     url = f"http://127.0.0.1:{args.port}"
     inproc, http = {c: [] for c in levels}, {c: [] for c in levels}
     try:
@@ -141,7 +170,9 @@ def main() -> None:
           f"{args.requests} requests × {args.max_tokens} tokens, greedy, "
           f"{'open loop (all submitted at once)' if args.open_loop else 'closed loop'}, "
           f"server --admission-wait-ms {args.admission_wait_ms}, {args.frontend_workers or auto_frontend_workers()} "
-          f"frontend workers, {processes} client processes; median of {args.rounds} alternating rounds\n")
+          f"frontend workers, {processes} client processes"
+          f"{'' if args.pin_engines is None else f', both engines pinned to CPU {args.pin_engines}'}; "
+          f"median of {args.rounds} alternating rounds\n")
     print("| concurrency | path | wall s | requests/s | tokens/s | mean TTFT ms | per-stream tokens/s "
           "| steps | requests per step | mean step ms | engine busy | client − engine ms | HTTP+IPC overhead |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
