@@ -1,6 +1,5 @@
-"""Scheduler: admits waiting requests by request count, token budget and free KV pages, batches every
-running request into one ragged forward per step, preempts the newest when pages run out, and settles
-each request after the step (pages stored, prefix pages registered, finished requests freed)."""
+"""Scheduler: admits waiting requests (count, token budget, free KV pages), batches every running request
+into one ragged forward per step, preempts the newest when pages run out, settles requests after the step."""
 from collections import deque
 from dataclasses import dataclass
 

@@ -1,6 +1,5 @@
-"""Running under `torchrun --nproc-per-node N launch.py …`: each torchrun process is one worker; global
-rank 0 also owns the shared memory and starts the HTTP side in a spawned process (nothing forks after
-CUDA is initialised). Restarts are torchrun's job here, so there is no supervisor."""
+"""Running under `torchrun --nproc-per-node N launch.py …`: each torchrun process is one worker; rank 0 also
+owns the shared memory and spawns the HTTP side (no fork after CUDA starts); torchrun restarts, no supervisor."""
 import os
 import signal
 from collections.abc import Callable
