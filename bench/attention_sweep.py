@@ -33,7 +33,7 @@ def main() -> None:
                         help="requests x context pairs, e.g. 8x4096,8x8192")
     parser.add_argument("--prefetch", choices=sorted(PREFETCH), default="both",
                         help="PREFETCH_PAGES launch option: page numbers loaded one key tile ahead")
-    parser.add_argument("--quick", action="store_true", help=f"only the {len(QUICK_TILES)} tiles of QUICK_TILES")
+    parser.add_argument("--quick", action="store_true", help=f"only the {len(QUICK_TILES)} launch shapes of QUICK_TILES (the likely winners)")
     options = parser.parse_args()
     cases = [tuple(int(x) for x in case.split("x")) for case in options.cases.split(",")]
     tiles = [{**tile, "PREFETCH_PAGES": p} for tile in (QUICK_TILES if options.quick else TILES)
