@@ -1,14 +1,16 @@
 """Channels between frontend processes and the engine leader: a request ring and an event ring each.
-Owns msgpack framing of dict messages, the ChannelSet the launcher creates, and claiming by frontends."""
+Owns msgpack framing of dict messages, the ChannelSet the launcher creates, claiming, and wait_any."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgpack
 
 from .claims import ClaimInfo, ClaimTable
+from .doorbell import wait_readable
 from .errors import IpcError
-from .ring import ShmRing, wait_any
+from .ring import ShmRing
 from .segments import require_own_name
 
 FRONTEND, ENGINE = "frontend", "engine"
@@ -192,3 +194,21 @@ class ChannelSet:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def wait_any(rings: list[ShmRing], timeout: float) -> list[ShmRing]:
+    """Rings (attached as consumer) that hold a message, waiting up to `timeout` seconds on all their
+    doorbells in one poll, so a leader serving many channels sleeps while every channel is idle.
+
+    Peer liveness is the caller's business here (ShmRing.peer_alive); an empty result means timeout."""
+    if any(ring.role != "consumer" for ring in rings):
+        raise ValueError("wait_any needs rings attached as consumer")
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        ready = [ring for ring in rings if ring.has_data()]
+        remaining = deadline - time.monotonic()
+        if ready or remaining <= 0:
+            return ready
+        by_fd = {ring.data_bell.fileno(): ring for ring in rings}
+        for fd in wait_readable(list(by_fd), remaining):
+            by_fd[fd].data_bell.drain()  # stale rings drained here cannot make the next poll spin

@@ -1,5 +1,5 @@
 """ShmRing: a single-producer single-consumer ring of fixed-size slots in one shared-memory segment.
-Owns the head/tail protocol, blocking put/get with back-pressure and dead-peer detection, and wait_any."""
+Owns the head/tail protocol, blocking put/get with back-pressure, and dead-peer detection."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.shared_memory import SharedMemory
 
-from .doorbell import Doorbell, wait_readable
+from .doorbell import Doorbell
 from .errors import IpcError, PeerDead, RingClosed, RingTimeout
 from .layout import (HEADER_BYTES, MIN_SLOT_BYTES, ROLES, W_CLOSED, W_HEAD, W_NUM_SLOTS, W_PID, W_SLOT_BYTES, W_TAIL,
                      SlotCodec, header_valid, init_header)
@@ -199,6 +199,11 @@ class ShmRing:
             raise IpcError(f"ring {self.name} is closed")
 
     @property
+    def data_bell(self) -> Doorbell:
+        """Rung by the producer after publishing (wait_any polls many rings' bells at once)."""
+        return self._data_bell
+
+    @property
     def closed(self) -> bool:
         """The shared closed flag (set by shutdown on any side)."""
         return bool(self._words[W_CLOSED])
@@ -248,21 +253,3 @@ class ShmRing:
 
     def __repr__(self) -> str:
         return f"ShmRing({self.name!r}, role={self.role}, slots={self.num_slots}x{self.slot_bytes})"
-
-
-def wait_any(rings: list[ShmRing], timeout: float) -> list[ShmRing]:
-    """Rings (attached as consumer) that hold a message, waiting up to `timeout` seconds on all their
-    doorbells in one poll, so a leader serving many channels sleeps while every channel is idle.
-
-    Peer liveness is the caller's business here (ShmRing.peer_alive); an empty result means timeout."""
-    if any(ring.role != "consumer" for ring in rings):
-        raise ValueError("wait_any needs rings attached as consumer")
-    deadline = time.monotonic() + max(0.0, timeout)
-    while True:
-        ready = [ring for ring in rings if ring.has_data()]
-        remaining = deadline - time.monotonic()
-        if ready or remaining <= 0:
-            return ready
-        by_fd = {ring._data_bell.fileno(): ring for ring in rings}
-        for fd in wait_readable(list(by_fd), remaining):
-            by_fd[fd]._data_bell.drain()  # stale rings drained here cannot make the next poll spin
