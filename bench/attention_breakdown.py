@@ -18,13 +18,16 @@ def main() -> None:
                         help="requests x context pairs")
     parser.add_argument("--contiguous-pages", action="store_true",
                         help="each request's pages in order (default: shuffled, as in bench/kernels.py)")
+    parser.add_argument("--new-tokens", type=int, default=32,
+                        help="in-flight tokens per request (fewer: smaller query tiles, less MMA work per key tile)")
     options = parser.parse_args()
     copy_rate = copy_bandwidth()
     print("| requests | context | MB | splits | kernel | GPU us | share |")
     print("|---|---|---|---|---|---|---|")
     for case in options.cases.split(","):
         num_requests, context_len = (int(x) for x in case.split("x"))
-        args, bytes_moved = attention_batch(num_requests, context_len, shuffled_pages=not options.contiguous_pages)
+        args, bytes_moved = attention_batch(num_requests, context_len, shuffled_pages=not options.contiguous_pages,
+                                            new_tokens=options.new_tokens)
         splits = attention_plan.launch_plan(args[0], 4, args[6], cached=True)[2]
         parts = kernel_breakdown(lambda: attention_triton.paged_attention_triton(*args))
         total = sum(parts.values())

@@ -23,6 +23,7 @@ for part in $parts; do
       timeout 150 python3 bench/kernels.py 2>&1 | tee "$OUT/kernels.md"
       timeout 60 python3 bench/attention_breakdown.py 2>&1 | tee "$OUT/breakdown.md"
       timeout 60 python3 bench/attention_breakdown.py --contiguous-pages 2>&1 | tee "$OUT/breakdown_contiguous.md"
+      timeout 60 python3 bench/attention_breakdown.py --new-tokens 4 2>&1 | tee "$OUT/breakdown_4_new_tokens.md"
       timeout 150 python3 bench/decode.py --requests 32 --max-tokens 64 2>&1 | tail -n 8 | tee "$OUT/decode.md" ;;
     serve)
       timeout 240 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 192 --max-tokens 64 \

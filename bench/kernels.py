@@ -85,12 +85,12 @@ HEADS, KV_HEADS, HEAD_DIM, PAGE, BLOCK, NEW_TOKENS = 16, 4, 128, 32, 32, 32  # L
 
 
 def attention_batch(num_requests: int, context_len: int, dtype: torch.dtype = torch.bfloat16,
-                    shuffled_pages: bool = True):
-    """num_requests requests of NEW_TOKENS in-flight tokens after context_len cached ones, pages shuffled
+                    shuffled_pages: bool = True, new_tokens: int = NEW_TOKENS):
+    """num_requests requests of new_tokens in-flight tokens after context_len cached ones, pages shuffled
     (as a long-running server's are) unless shuffled_pages is False; q/k/v are views of one fused QKV,
     as the model produces them."""
     gen = torch.Generator(device="cuda").manual_seed(num_requests * 7919 + context_len)
-    rows, pages_each = num_requests * NEW_TOKENS, -(-context_len // PAGE)
+    rows, pages_each = num_requests * new_tokens, -(-context_len // PAGE)
     qkv = torch.randn(rows, HEADS + 2 * KV_HEADS, HEAD_DIM, device="cuda", dtype=dtype, generator=gen)
     q, k, v = qkv.split([HEADS, KV_HEADS, KV_HEADS], dim=1)
     num_pages = max(1, num_requests * pages_each)
@@ -99,12 +99,12 @@ def attention_batch(num_requests: int, context_len: int, dtype: torch.dtype = to
     order = (torch.randperm(num_pages, device="cuda", generator=gen) if shuffled_pages
              else torch.arange(num_pages, device="cuda")).int()
     table = order[:num_requests * pages_each].view(num_requests, pages_each)
-    positions = (torch.arange(NEW_TOKENS, device="cuda") + context_len).repeat(num_requests)
+    positions = (torch.arange(new_tokens, device="cuda") + context_len).repeat(num_requests)
     meta = AttentionMetadata(
-        cu_seqlens_q=torch.arange(0, rows + 1, NEW_TOKENS, device="cuda"),
+        cu_seqlens_q=torch.arange(0, rows + 1, new_tokens, device="cuda"),
         context_lens=torch.full((num_requests,), context_len, device="cuda"),
         page_tables=table, slot_mapping=None, block_size=BLOCK,
-        query_lens=[NEW_TOKENS] * num_requests, context_lens_host=[context_len] * num_requests)
+        query_lens=[new_tokens] * num_requests, context_lens_host=[context_len] * num_requests)
     bytes_moved = (2 * num_requests * context_len * KV_HEADS * HEAD_DIM  # cached K and V
                    + 2 * rows * KV_HEADS * HEAD_DIM + 2 * rows * HEADS * HEAD_DIM) * k_cache.element_size()
     return (q, k, v, positions, k_cache, v_cache, meta, HEAD_DIM ** -0.5), bytes_moved
