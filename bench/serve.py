@@ -18,7 +18,7 @@ from dlx.engine.engine import LLMEngine  # noqa: E402
 from dlx.engine.sampling_params import SamplingParams  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_http import run_http, tree_cpu_seconds  # noqa: E402
+from serve_http import process_tree, run_http  # noqa: E402
 
 
 def prompts(n: int) -> list[list[int]]:
@@ -84,8 +84,7 @@ def pin_engines(cpu: int, server_pid: int, client_pids: list[int]) -> None:
 def tree_commands(root: int) -> dict[int, bytes]:
     """Command line of every process in root's tree (the server's engine workers run spawn_main)."""
     commands = {}
-    for key in tree_cpu_seconds(root):
-        pid = int(key.split()[0])
+    for pid in process_tree(root):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 commands[pid] = f.read()

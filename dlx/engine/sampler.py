@@ -5,7 +5,8 @@ import itertools
 import torch
 
 from dlx.engine.request import Request
-from dlx.kernels.sampling import SAMPLING_IMPLS, argmax_prob
+from dlx.kernels import KERNEL_IMPLS
+from dlx.kernels.sampling import argmax_prob
 
 
 def quota(step: int, masked_at_start: int, steps: int) -> int:
@@ -41,8 +42,8 @@ class Sampler:
                  edit_threshold: float, max_post_edit_steps: int, impl: str = "naive"):
         """impl "triton": greedy requests take (token, probability) from the one-pass argmax_prob kernel
         instead of softmax + argmax + gather; sampled requests are unaffected."""
-        if impl not in SAMPLING_IMPLS:
-            raise ValueError(f"unknown sampler impl {impl!r}; expected one of {SAMPLING_IMPLS}")
+        if impl not in KERNEL_IMPLS:
+            raise ValueError(f"unknown sampler impl {impl!r}; expected one of {KERNEL_IMPLS}")
         self.mask_id, self.impl = mask_id, impl
         self.accept, self.semi = accept_threshold, semi_complete_threshold
         self.edit, self.max_post_edit = edit_threshold, max_post_edit_steps
@@ -59,23 +60,23 @@ class Sampler:
     def choose(self, batch: list[Request], logits: torch.Tensor, sizes: list[int]) -> list[tuple[list, list]]:
         """(token, probability) lists for every request's rows of the step's logits [rows, vocab]. Greedy
         requests are reduced together and copied to the host once; sampled ones keep their own generators."""
-        greedy = [req.params.greedy for req in batch]
         chosen: list[tuple[list, list] | None] = [None] * len(batch)
-        starts = [0, *itertools.accumulate(sizes)]
-        if any(greedy):
-            rows = logits if all(greedy) else logits[torch.tensor(
-                [r for i, g in enumerate(greedy) if g for r in range(starts[i], starts[i] + sizes[i])],
-                dtype=torch.long, device=logits.device)]
+        starts = [0, *itertools.accumulate(sizes)]   # request i owns rows starts[i]:starts[i + 1]
+        greedy = [i for i, req in enumerate(batch) if req.params.greedy]
+        if greedy:
+            rows = logits if len(greedy) == len(batch) else logits[torch.tensor(
+                [r for i in greedy for r in range(starts[i], starts[i + 1])], dtype=torch.long, device=logits.device)]
             tokens, conf = argmax_prob(rows, self.mask_id, self.impl)   # the mask token never wins
             # One device-to-host copy for the whole batch; float64 holds every token id and fp32 probability exactly.
             host_tokens, host_conf = torch.stack([tokens.double(), conf.double()]).tolist()
             offset = 0
-            for i in (i for i, g in enumerate(greedy) if g):
-                chosen[i] = ([int(t) for t in host_tokens[offset:offset + sizes[i]]], host_conf[offset:offset + sizes[i]])
-                offset += sizes[i]
+            for i in greedy:
+                end = offset + sizes[i]
+                chosen[i] = ([int(t) for t in host_tokens[offset:end]], host_conf[offset:end])
+                offset = end
         for i, req in enumerate(batch):
-            if not greedy[i]:
-                rows = logits[starts[i]:starts[i] + sizes[i]].float()
+            if chosen[i] is None:   # sampled: the request's own generator
+                rows = logits[starts[i]:starts[i + 1]].float()
                 rows[:, self.mask_id] = float("-inf")
                 tokens, conf = sample_tokens(rows, req)
                 chosen[i] = (tokens.tolist(), conf.tolist())

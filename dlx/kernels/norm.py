@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from dlx.kernels import KERNEL_IMPLS
 from dlx.kernels.lazy_jit import jit_on_first_use
-
-NORM_IMPLS = ("naive", "triton")
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float,
@@ -81,4 +80,4 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
         return rms_norm_reference(x, weight, eps, residual)
     if impl == "triton":
         return rms_norm_triton(x, weight, eps, residual)
-    raise ValueError(f"unknown norm impl {impl!r}; expected one of {NORM_IMPLS}")
+    raise ValueError(f"unknown norm impl {impl!r}; expected one of {KERNEL_IMPLS}")

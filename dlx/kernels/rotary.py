@@ -7,10 +7,10 @@ import math
 
 import torch
 
+from dlx.kernels import KERNEL_IMPLS
 from dlx.kernels.lazy_jit import jit_on_first_use
 from dlx.kernels.norm import rms_norm_reference
 
-QK_IMPLS = ("naive", "triton")
 ELEMENTS_PER_PROGRAM = 2048  # upper bound on a program's (head, dim) tile
 
 
@@ -159,4 +159,4 @@ def qk_norm_rotary(q: torch.Tensor, k: torch.Tensor | None, q_weight: torch.Tens
         return qk_norm_rotary_reference(q, k, q_weight, k_weight, cos, sin, positions, eps)
     if impl == "triton":
         return qk_norm_rotary_triton(q, k, q_weight, k_weight, cos, sin, positions, eps, inplace=inplace)
-    raise ValueError(f"unknown qk norm/rotary impl {impl!r}; expected one of {QK_IMPLS}")
+    raise ValueError(f"unknown qk norm/rotary impl {impl!r}; expected one of {KERNEL_IMPLS}")

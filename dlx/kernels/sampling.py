@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from dlx.kernels import KERNEL_IMPLS
 from dlx.kernels.device import sm_count
 from dlx.kernels.lazy_jit import jit_on_first_use
 
-SAMPLING_IMPLS = ("naive", "triton")
 MIN_SPLIT_ELEMENTS = 8192   # a vocabulary split shorter than this costs more to combine than it gains
 MAX_SPLITS = 32
 
@@ -129,4 +129,4 @@ def argmax_prob(logits: torch.Tensor, exclude_id: int | None, impl: str = "naive
         return argmax_prob_reference(logits, exclude_id)
     if impl == "triton":
         return argmax_prob_triton(logits, exclude_id)
-    raise ValueError(f"unknown sampling impl {impl!r}; expected one of {SAMPLING_IMPLS}")
+    raise ValueError(f"unknown sampling impl {impl!r}; expected one of {KERNEL_IMPLS}")

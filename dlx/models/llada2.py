@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dlx.kernels import KERNEL_IMPLS
 from dlx.kernels.attention import AttentionMetadata, paged_attention
 from dlx.kernels.kv_store import store_kv
 from dlx.kernels.rotary import qk_norm_rotary
@@ -178,7 +179,7 @@ class LLaDA2Model(nn.Module):
         """Kernels of every RMSNorm (residual adds included) and of the shared rotary table, which the attention
         layers' fused qk norm + rotary follows: "naive" (PyTorch) or "triton". The MoE and the attention itself
         (attn_impl) are switched separately."""
-        if impl not in ("naive", "triton"):
+        if impl not in KERNEL_IMPLS:
             raise ValueError(f"unknown kernel impl {impl!r}; expected 'naive' or 'triton'")
         for module in self.modules():
             if isinstance(module, (RMSNorm, RotaryEmbedding)):

@@ -4,12 +4,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlx.kernels import KERNEL_IMPLS
 from dlx.kernels.moe import moe_reference
 from dlx.kernels.moe_router import route_reference, route_triton
 from dlx.models.layers import SwiGLU, copy_full
 from dlx.models.parallel import all_reduce, divide, tp_rank, tp_size
-
-MOE_IMPLS = ("naive", "triton")
 
 
 class Router(nn.Module):
@@ -32,8 +31,8 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = F.linear(x.float(), self.weight.float())
         bias = None if self.expert_bias is None else self.expert_bias.float()
-        if self.impl not in MOE_IMPLS:
-            raise ValueError(f"unknown router impl {self.impl!r}; expected one of {MOE_IMPLS}")
+        if self.impl not in KERNEL_IMPLS:
+            raise ValueError(f"unknown router impl {self.impl!r}; expected one of {KERNEL_IMPLS}")
         route = route_triton if self.impl == "triton" else route_reference
         return route(logits, bias, self.top_k, self.n_group, self.topk_group, self.scaling, self.score_function)
 
@@ -73,7 +72,7 @@ class SparseMoE(nn.Module):
             from dlx.kernels.moe_triton import fused_moe  # first use only: CPU installs need no Triton
             y = fused_moe(x, self.w13, self.w2, topk_ids, topk_weights)
         else:
-            raise ValueError(f"unknown MoE impl {self.impl!r}; expected one of {MOE_IMPLS}")
+            raise ValueError(f"unknown MoE impl {self.impl!r}; expected one of {KERNEL_IMPLS}")
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         return all_reduce(y)
