@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session (see docs/benchmarks.md), in parts that each fit one device call: logs land in $OUT.
 # Measured on the H100 machine: tests ~140 s, kernels ~70 s, serve ~300 s, quicksweep ~200 s, sweep more than 400 s.
-# Usage: bash bench/gpu_session.sh [tests] [kernels] [serve] [servepinned] [sweep] [quicksweep]   (no argument: tests kernels serve)
+# Usage: bash bench/gpu_session.sh [tests] [kernels] [serve] [servepinned] [stepgap] [sweep] [quicksweep]   (no argument: tests kernels serve)
 # Missing Python packages travel as wheels in .whl/ (see the device notes); run from the repository root.
 set -o pipefail
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/dlx-gpu-out}
@@ -34,12 +34,14 @@ for part in $parts; do
       timeout 240 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 192 --max-tokens 64 \
         --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 3 --pin-engines 2 --port 18323 2>&1 \
         | tail -n 20 | tee "$OUT/serve_pinned.md" ;;
+    stepgap)       # does an idle gap between steps slow the next one (why the leader polls its follower window)
+      timeout 120 python3 bench/step_gap.py 2>&1 | tee "$OUT/step_gap.md" ;;
     sweep)
       timeout 400 python3 bench/attention_sweep.py --cases 1x4096,8x4096,8x8192,64x4096 --prefetch both 2>&1 \
         | tee "$OUT/sweep.md" ;;
     quicksweep)
       timeout 200 python3 bench/attention_sweep.py --quick --cases 8x4096,8x8192,64x1024,64x8192,1x8192,8x1024 \
         --prefetch on --top 4 2>&1 | tee "$OUT/quicksweep.md" ;;
-    *) echo "unknown part $part (tests, kernels, serve, servepinned, sweep, quicksweep)"; exit 2 ;;
+    *) echo "unknown part $part (tests, kernels, serve, servepinned, stepgap, sweep, quicksweep)"; exit 2 ;;
   esac
 done

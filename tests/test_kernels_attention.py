@@ -91,7 +91,7 @@ def test_head_dims(head_dim):
     assert_matches_reference(case, num_splits=3)
 
 
-@pytest.mark.parametrize("num_splits", [1, 2, 5])
+@pytest.mark.parametrize("num_splits", [1, 2, 5, 12])   # 12: past FEW_SPLITS, the wide combine variant
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_split_kv_forced(num_splits, dtype):
     # Contexts of very different length: some splits of the short request own no keys at all.

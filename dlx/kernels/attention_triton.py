@@ -10,6 +10,7 @@ from dlx.kernels.attention_plan import MAX_SPLITS, host_summary, launch_plan, pa
 LOG2E = 1.4426950408889634
 # A finite "minus infinity" for running maxima: a row that has seen no key yet never computes inf - inf.
 NEG_BIG = tl.constexpr(-1.0e30)
+FEW_SPLITS = 8   # split counts up to this share a small combine variant
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
@@ -143,11 +144,10 @@ def _combine_splits_kernel(part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr, po
                            stride_pacc_split, stride_pacc_row, stride_pacc_head, stride_pstat_split,
                            stride_pstat_row, stride_on, stride_oh, SPLITS_PAD: tl.constexpr,
                            HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
-    """One program per (query row, head): merge the splits' (max, sum, acc). Every split's partial is
-    loaded at once, so the merge costs one memory round trip, not one per split."""
+    """One program per (query row, head): merge the splits' (max, sum, acc). Every split's partial and the
+    row's position are loaded at once, so the merge costs one memory round trip, not one per split."""
     row, head = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    if tl.load(positions_ptr + row) < 0:
-        return
+    position = tl.load(positions_ptr + row)   # loaded beside the partials: no round trip of its own
     splits = tl.arange(0, SPLITS_PAD)
     split_ok = splits < num_splits
     offs_d = tl.arange(0, HEAD_DIM_PAD)
@@ -162,7 +162,8 @@ def _combine_splits_kernel(part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr, po
     weight = tl.exp2(part_max - tl.max(part_max, 0))
     total_sum = tl.sum(part_sum * weight, 0)
     out = tl.sum(part_acc * weight[:, None], 0) / tl.where(total_sum > 0, total_sum, 1.0)
-    tl.store(out_ptr + row * stride_on + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=d_ok)
+    tl.store(out_ptr + row * stride_on + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
+             mask=d_ok & (position >= 0))   # padding rows are left alone
 
 
 def _shared_layout(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,10 +212,12 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         SPLIT_KV=num_splits > 1, DOT_DTYPE=dot_dtype, DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
         **shape)
     if num_splits > 1:
-        # A fixed split padding (MAX_SPLITS) keeps one compiled variant whatever the batch's split count.
+        # Two split paddings (few splits, up to MAX_SPLITS) keep two compiled variants whatever the batch's
+        # split count; the small one lets many more programs share an SM (the combine is latency-bound).
+        splits_pad = FEW_SPLITS if num_splits <= FEW_SPLITS else max(MAX_SPLITS, triton.next_power_of_2(num_splits))
         _combine_splits_kernel[(total_rows, num_heads)](
             part_acc, part_max, part_sum, out, positions, num_splits, *part_acc.stride()[:3],
             *part_max.stride()[:2], out.stride(0), out.stride(1),
-            SPLITS_PAD=max(MAX_SPLITS, triton.next_power_of_2(num_splits)), HEAD_DIM=head_dim,
-            HEAD_DIM_PAD=padded_head_dim(head_dim), num_warps=4)
+            SPLITS_PAD=splits_pad, HEAD_DIM=head_dim, HEAD_DIM_PAD=padded_head_dim(head_dim),
+            num_warps=1 if splits_pad == FEW_SPLITS else 4)
     return out

@@ -132,24 +132,31 @@ class Leader:
         """After a step that finished requests, give the clients' next requests a moment to arrive (a
         closed-loop client answers within a few milliseconds) so they join the next step rather than the
         one after: at most admission_wait_ms and a quarter of the last step, and only while such waits keep
-        catching arrivals (AdmissionPolicy). Also when nothing else runs: requests that finished together
+        catching arrivals (AdmissionPolicy); the window is polled (bounded, right after a step), never idle time. Also when nothing else runs: requests that finished together
         are followed by a burst, and a step started on its first arrival would leave the rest a step behind."""
-        limit = min(self.engine.cfg.admission_wait_ms / 1000, self.last_step_s / 4)
+        limit = self.follower_window()
         room = self.engine.cfg.max_num_reqs - len(self.engine.scheduler.running) - len(self.engine.scheduler.waiting)
         if finished == 0 or limit <= 0 or room <= 0 or not self.admission.should_wait():
             return
         started = time.perf_counter()
         deadline = started + limit
         arrived = 0
-        while arrived < min(finished, room):
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0 or not self.channels.ready(remaining):
-                break
+        while arrived < min(finished, room) and time.perf_counter() < deadline:
+            # Polled, not slept: this window is a few milliseconds right after a step, and a leader that
+            # sleeps in it runs its next step measurably slower (docs/benchmarks.md, "idle gaps"). Yielding
+            # leaves the core to a frontend that shares it.
+            if not self.channels.ready(0):
+                os.sched_yield()
+                continue
             got = self.drain()
             self.early += got
             arrived += sum(cmd["type"] == "generate" for cmd in got)
         self.admission.record(arrived > 0)
         self.metrics.record_admission_wait(arrived > 0, time.perf_counter() - started)
+
+    def follower_window(self) -> float:
+        """Longest wait for follow-ups: admission_wait_ms, and never more than a quarter of the last step."""
+        return min(self.engine.cfg.admission_wait_ms / 1000, self.last_step_s / 4)
 
     def send_output(self, out: StepOutput) -> None:
         last_stable, last_region = self.sent.get(out.rid, (0, None))
