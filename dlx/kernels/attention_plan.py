@@ -8,6 +8,7 @@ from dlx.kernels.device import sm_count
 
 MIN_KEYS_PER_SPLIT = 256   # below this a split costs more in launch and combine than it saves
 MAX_SPLITS = 32
+FEW_SPLITS = 8      # split counts up to this share a small combine variant
 
 
 def padded_head_dim(head_dim: int) -> int:
@@ -24,6 +25,15 @@ def choose_num_splits(num_programs: int, max_context_len: int, num_sms: int) -> 
     by_sms = num_sms // num_programs
     by_context = max_context_len // MIN_KEYS_PER_SPLIT
     return max(1, min(by_sms, by_context, MAX_SPLITS))
+
+
+def combine_launch(num_splits: int) -> dict:
+    """Split padding and warps of the combine kernel. Two paddings keep two compiled variants whatever the
+    batch's split count; the small one runs on one warp, so many more programs share an SM (the combine is
+    latency-bound: 10.8 -> 4.3 us at 8 requests x 4 splits, docs/benchmarks.md)."""
+    if num_splits <= FEW_SPLITS:
+        return dict(SPLITS_PAD=FEW_SPLITS, num_warps=1)
+    return dict(SPLITS_PAD=max(MAX_SPLITS, triton.next_power_of_2(num_splits)), num_warps=4)
 
 
 def host_summary(meta: AttentionMetadata) -> tuple[int, int, int]:

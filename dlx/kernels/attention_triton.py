@@ -5,12 +5,11 @@ import triton
 import triton.language as tl
 
 from dlx.kernels.attention import AttentionMetadata
-from dlx.kernels.attention_plan import MAX_SPLITS, host_summary, launch_plan, padded_head_dim
+from dlx.kernels.attention_plan import combine_launch, host_summary, launch_plan, padded_head_dim
 
 LOG2E = 1.4426950408889634
 # A finite "minus infinity" for running maxima: a row that has seen no key yet never computes inf - inf.
 NEG_BIG = tl.constexpr(-1.0e30)
-FEW_SPLITS = 8   # split counts up to this share a small combine variant
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
@@ -212,12 +211,8 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         SPLIT_KV=num_splits > 1, DOT_DTYPE=dot_dtype, DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
         **shape)
     if num_splits > 1:
-        # Two split paddings (few splits, up to MAX_SPLITS) keep two compiled variants whatever the batch's
-        # split count; the small one lets many more programs share an SM (the combine is latency-bound).
-        splits_pad = FEW_SPLITS if num_splits <= FEW_SPLITS else max(MAX_SPLITS, triton.next_power_of_2(num_splits))
         _combine_splits_kernel[(total_rows, num_heads)](
             part_acc, part_max, part_sum, out, positions, num_splits, *part_acc.stride()[:3],
             *part_max.stride()[:2], out.stride(0), out.stride(1),
-            SPLITS_PAD=splits_pad, HEAD_DIM=head_dim, HEAD_DIM_PAD=padded_head_dim(head_dim),
-            num_warps=1 if splits_pad == FEW_SPLITS else 4)
+            HEAD_DIM=head_dim, HEAD_DIM_PAD=padded_head_dim(head_dim), **combine_launch(num_splits))
     return out
