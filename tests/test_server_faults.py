@@ -106,11 +106,28 @@ def worker_pids(server) -> list[int]:
     return pids
 
 
+def named_semaphores(pid: int) -> list[str]:
+    """Named POSIX semaphores a process maps that still have a name in /dev/shm (a killed process leaves
+    them). glibc maps a semaphore under a temporary name, so mappings are matched to names by inode."""
+    with open(f"/proc/{pid}/maps") as f:
+        mapped = {int(line.split()[4]) for line in f if "/dev/shm/sem." in line}
+    names = []
+    for name in os.listdir("/dev/shm"):
+        try:
+            if name.startswith("sem.") and os.stat(os.path.join("/dev/shm", name)).st_ino in mapped:
+                names.append(name)
+        except FileNotFoundError:   # another process's semaphore went away meanwhile
+            continue
+    return names
+
+
 def test_killed_worker_fails_requests_then_recovers(server):
     r = requests.post(server.url + "/generate", json={**LONG, "max_tokens": 200, "stream": True}, stream=True, timeout=120)
     lines = r.iter_lines()
     next(lines)
-    for pid in worker_pids(server):
+    workers = worker_pids(server)
+    assert workers and all(named_semaphores(pid) == [] for pid in workers), "a SIGKILL would leak these"
+    for pid in workers:
         os.kill(pid, signal.SIGKILL)
     rest = [line for line in lines if line]
     assert rest[-1] == b"data: [DONE]"

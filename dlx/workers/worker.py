@@ -2,9 +2,11 @@
 loads its tensor-parallel shard, then leads (rank 0) or follows the leader's commands step by step."""
 import datetime
 import signal
+import threading
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from dlx.config import Config
 from dlx.engine.engine import LLMEngine
@@ -35,6 +37,9 @@ def use_device(cfg: Config, global_rank: int) -> None:
 def worker_main(tp_rank: int, group: int, cfg_dict: dict, prefix: str, port: int, generation: int) -> None:
     """Entry point of a pool process: its own world of the group's tensor-parallel ranks."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the launcher decides when workers stop
+    # tqdm's default lock is a multiprocessing RLock: under spawn a named semaphore in /dev/shm that a killed
+    # worker would leave behind. The loading bar is this process's own, so a thread lock serves.
+    tqdm.set_lock(threading.RLock())
     cfg = Config(**cfg_dict)
     tp = cfg.tensor_parallel_size
     use_device(cfg, group * tp + tp_rank)
