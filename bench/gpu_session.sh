@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session (see docs/benchmarks.md), in parts that each fit one device call: logs land in $OUT.
 # Measured on the H100 machine: tests ~140 s, kernels ~70 s, serve ~300 s, quicksweep ~200 s, sweep more than 400 s.
-# Usage: bash bench/gpu_session.sh [tests] [kernels] [serve] [servepinned] [stepgap] [sweep] [quicksweep]   (no argument: tests kernels serve)
+# Usage: bash bench/gpu_session.sh [tests] [kernels] [serve] [servevaried] [servepinned] [stepgap] [sweep] [quicksweep]
+#        [shorttiles]   (no argument: tests kernels serve)
 # Missing Python packages travel as wheels in .whl/ (see the device notes); run from the repository root.
 set -o pipefail
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/dlx-gpu-out}
@@ -30,6 +31,10 @@ for part in $parts; do
         --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 3 2>&1 | tail -n 20 | tee "$OUT/serve.md"
       timeout 150 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 64 --max-tokens 256 \
         --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 3 --port 18322 2>&1 | tail -n 20 | tee "$OUT/serve256.md" ;;
+    servevaried)   # answers of 64-256 tokens: requests finish at different steps, as real traffic does
+      timeout 300 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 128 --max-tokens 64 \
+        --max-tokens-to 256 --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 3 --port 18324 2>&1 \
+        | tail -n 20 | tee "$OUT/serve_varied.md" ;;
     servepinned)   # both engines on CPU 2, frontends and clients elsewhere: isolates the transport
       timeout 240 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 192 --max-tokens 64 \
         --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 3 --pin-engines 2 --port 18323 2>&1 \
@@ -42,6 +47,10 @@ for part in $parts; do
     quicksweep)
       timeout 200 python3 bench/attention_sweep.py --quick --cases 8x4096,8x8192,64x1024,64x8192,1x8192,8x1024 \
         --prefetch on --top 4 2>&1 | tee "$OUT/quicksweep.md" ;;
-    *) echo "unknown part $part (tests, kernels, serve, servepinned, stepgap, sweep, quicksweep)"; exit 2 ;;
+    shorttiles)    # split grids with short query tiles (more, lighter programs) against the current launch
+      timeout 240 python3 bench/attention_sweep.py --block-q 4,8,16 --cases 8x4096,8x8192,1x4096,1x8192 \
+        --prefetch on --top 6 2>&1 | tee "$OUT/short_tiles.md" ;;
+    *) echo "unknown part $part (tests, kernels, serve, servevaried, servepinned, stepgap, sweep, quicksweep, shorttiles)"
+       exit 2 ;;
   esac
 done

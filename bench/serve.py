@@ -25,19 +25,28 @@ def prompts(n: int) -> list[list[int]]:
     return [[(7 * i + 13 * j) % 300 + 5 for j in range(20 + i % 17)] for i in range(n)]
 
 
+def workload(n: int, max_tokens: int, longest: int | None) -> list[tuple[list[int], int]]:
+    """(prompt, answer length) per request: every answer max_tokens long (all finish in lockstep), or, with
+    `longest`, lengths spread evenly over [max_tokens, longest] in a fixed shuffled order (as real traffic)."""
+    if not longest or longest <= max_tokens:
+        return [(prompt, max_tokens) for prompt in prompts(n)]
+    span = longest - max_tokens
+    return [(prompt, max_tokens + (37 * i) % n * span // max(n - 1, 1)) for i, prompt in enumerate(prompts(n))]
+
+
 def engine_args(args) -> dict:
     return dict(model=args.model, device=args.device, max_model_len=args.max_model_len, max_num_reqs=max(64, args.max_c),
                 buffer_size=args.buffer_size, num_kv_pages=args.kv_pages, admission_wait_ms=args.admission_wait_ms)
 
 
-def run_in_process(engine: LLMEngine, work: list[list[int]], concurrency: int, max_tokens: int) -> dict:
-    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+def run_in_process(engine: LLMEngine, work: list[tuple[list[int], int]], concurrency: int) -> dict:
     pending, live, tokens, first = list(work), {}, 0, {}
     steps = nfe = busy = 0
     started = time.perf_counter()
     while pending or live:
         while pending and len(live) < concurrency:
-            req = engine.add_request(pending.pop(0), params)
+            prompt, max_tokens = pending.pop(0)
+            req = engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True))
             live[req.rid] = (req, time.perf_counter())
         step_start = time.perf_counter()
         outputs = engine.step()
@@ -117,6 +126,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,32")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens-to", type=int, default=None, metavar="N",
+                        help="answer lengths spread over [--max-tokens, N] instead of all equal (not in lockstep)")
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--buffer-size", type=int, default=1)
     parser.add_argument("--kv-pages", type=int, default=None)
@@ -150,13 +161,14 @@ def main() -> None:
         # Warm-up with the measured prompts at every level: kernels specialise (and compile) per shape,
         # and neither path should pay for compilation inside its timed runs. Then the paths alternate,
         # round after round (the idle one uses no CPU), and each reports its median run.
+        work = workload(args.requests, args.max_tokens, args.max_tokens_to)
         for c in levels:
-            run_in_process(engine, prompts(args.requests), c, args.max_tokens)
-            run_http(url, prompts(args.requests), c, args.max_tokens, clients)
+            run_in_process(engine, work, c)
+            run_http(url, work, c, clients)
         for _ in range(args.rounds):
             for c in levels:
-                inproc[c].append(run_in_process(engine, prompts(args.requests), c, args.max_tokens))
-                http[c].append(run_http(url, prompts(args.requests), c, args.max_tokens, clients, server.pid))
+                inproc[c].append(run_in_process(engine, work, c))
+                http[c].append(run_http(url, work, c, clients, server.pid))
     finally:
         clients[0].terminate()
         server.terminate()
@@ -166,7 +178,7 @@ def main() -> None:
     inproc = {c: sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2] for c, runs in inproc.items()}
     http = {c: sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2] for c, runs in http.items()}
     print(f"\nServing benchmark on {card} — model {os.path.basename(os.path.normpath(args.model))}, "
-          f"{args.requests} requests × {args.max_tokens} tokens, greedy, "
+          f"{args.requests} requests × {args.max_tokens}{f'–{args.max_tokens_to}' if args.max_tokens_to else ''} tokens, greedy, "
           f"{'open loop (all submitted at once)' if args.open_loop else 'closed loop'}, "
           f"server --admission-wait-ms {args.admission_wait_ms}, {args.frontend_workers or auto_frontend_workers()} "
           f"frontend workers, {processes} client processes"

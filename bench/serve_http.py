@@ -78,15 +78,15 @@ def tree_cpu_seconds(root: int) -> dict[str, float]:
     return {f"{pid} {name}": seconds for pid, (name, seconds) in process_tree(root).items()}
 
 
-def client_process(url: str, lanes: list[list[list[int]]], max_tokens: int, start_at: float) -> tuple:
+def client_process(url: str, lanes: list[list[tuple[list[int], int]]], start_at: float) -> tuple:
     """One client process: a thread per lane, each sending its prompts one after another (a closed loop)
     from `start_at` on; returns (results, this process's CPU seconds, when its last lane finished)."""
     cpu_start = time.process_time()
     results, lock = [], threading.Lock()
 
-    def lane(prompts: list[list[int]]) -> None:
+    def lane(requests_: list[tuple[list[int], int]]) -> None:
         conn = http.client.HTTPConnection(urlsplit(url).hostname, urlsplit(url).port, timeout=600)
-        for prompt in prompts:   # keep-alive: one connection per client, as real clients do
+        for prompt, max_tokens in requests_:   # keep-alive: one connection per client, as real clients do
             res = one_stream(conn, prompt, max_tokens)
             with lock:
                 results.append(res)
@@ -101,7 +101,7 @@ def client_process(url: str, lanes: list[list[list[int]]], max_tokens: int, star
     return results, time.process_time() - cpu_start, time.perf_counter()
 
 
-def run_http(url: str, work: list[list[int]], concurrency: int, max_tokens: int, clients: tuple,
+def run_http(url: str, work: list[tuple[list[int], int]], concurrency: int, clients: tuple,
              server_pid: int = 0) -> dict:
     """The closed loop through HTTP: `concurrency` client lanes spread over the client process pool, so the
     client's own Python is never what the server waits for. `clients` = (process pool, its size)."""
@@ -110,7 +110,7 @@ def run_http(url: str, work: list[list[int]], concurrency: int, max_tokens: int,
     before = engine_counters(url)
     cpu_before = tree_cpu_seconds(server_pid) if server_pid else {}
     started = time.perf_counter() + 0.2   # every client process is waiting by then
-    parts = pool.starmap(client_process, [(url, lanes[k::processes], max_tokens, started)
+    parts = pool.starmap(client_process, [(url, lanes[k::processes], started)
                                              for k in range(min(processes, concurrency))])
     wall = max(end for _, _, end in parts) - started
     results = [r for part, _, _ in parts for r in part]
