@@ -1,5 +1,6 @@
 """The leader's admission wait: follow-up requests arriving within the bound join the next step; no wait
-without finishes or room, and none (but probes) once recent waits mostly caught nobody."""
+without finishes or room, nor when followers would be a small part of the next batch, and none (but probes)
+once recent waits mostly caught nobody."""
 from types import SimpleNamespace
 
 from dlx.workers.admission import HISTORY, PROBE_EVERY, AdmissionPolicy
@@ -79,6 +80,18 @@ def test_no_wait_without_finishes_room_or_setting():
         assert leader.metrics.admission_waits == {"caught": 0, "empty": 0}
 
 
+def test_no_hold_when_followers_would_be_a_small_part_of_the_batch():
+    """One answer of 31 ended (answers of varied length): holding would stall 30 running requests to save
+    one follower a step, so the next step starts at once. A quarter of the batch ending is worth the hold."""
+    leader = leader_with([generate("a")], running=30, max_num_reqs=64)
+    leader.wait_for_followers(finished=1)
+    assert leader.channels.waits == [] and leader.early == []
+    assert leader.metrics.admission_waits == {"caught": 0, "empty": 0}
+    leader = leader_with([generate(f"r{i}") for i in range(10)], running=30, max_num_reqs=64)
+    leader.wait_for_followers(finished=10)
+    assert len(leader.early) == 10 and leader.metrics.admission_waits == {"caught": 1, "empty": 0}
+
+
 def test_an_idle_engine_gathers_the_burst_that_follows_a_finished_batch():
     """Everything finished at once: the clients' next requests arrive together, and a step started on the
     first of them would leave the others a whole step behind. The gathered commands keep the leader from
@@ -94,19 +107,19 @@ def test_an_idle_engine_gathers_the_burst_that_follows_a_finished_batch():
 def test_policy_stops_waiting_for_open_traffic_and_probes():
     policy = AdmissionPolicy()
     for _ in range(HISTORY):
-        assert policy.should_wait()
+        assert policy.should_wait(1, 0)
         policy.record(False)
-    decisions = [policy.should_wait() for _ in range(2 * PROBE_EVERY)]
+    decisions = [policy.should_wait(1, 0) for _ in range(2 * PROBE_EVERY)]
     assert decisions.count(True) == 2 and decisions[PROBE_EVERY - 1] and decisions[-1]
     for _ in range(HISTORY // 2):       # probes that catch arrivals bring waiting back
         policy.record(True)
-    assert policy.should_wait()
+    assert policy.should_wait(1, 0)
 
 
 def test_policy_keeps_waiting_while_half_the_waits_pay_off():
     policy = AdmissionPolicy()
     for caught in [True, False] * HISTORY:
-        assert policy.should_wait()
+        assert policy.should_wait(1, 0)
         policy.record(caught)
 
 

@@ -131,13 +131,13 @@ class Leader:
     def wait_for_followers(self, finished: int) -> None:
         """After a step that finished requests, give the clients' next requests a moment to arrive (a
         closed-loop client answers within a few milliseconds) so they join the next step rather than the
-        one after: at most follower_window(), and only while such waits keep catching arrivals
-        (AdmissionPolicy). The window is polled: it is short and follows a step, so it is never idle time.
+        one after: at most follower_window(), and only where AdmissionPolicy finds that holding pays. The window is polled: it is short and follows a step, so it is never idle time.
         Also when nothing else runs: requests that finished together are followed by a burst, and a step
         started on its first arrival would leave the rest a step behind."""
         limit = self.follower_window()
-        room = self.engine.cfg.max_num_reqs - len(self.engine.scheduler.running) - len(self.engine.scheduler.waiting)
-        if finished == 0 or limit <= 0 or room <= 0 or not self.admission.should_wait():
+        others = len(self.engine.scheduler.running) + len(self.engine.scheduler.waiting)
+        room = self.engine.cfg.max_num_reqs - others
+        if finished == 0 or limit <= 0 or room <= 0 or not self.admission.should_wait(finished, others):
             return
         started = time.perf_counter()
         deadline = started + limit
