@@ -10,6 +10,9 @@ from dlx.kernels.attention_plan import combine_launch, host_summary, launch_plan
 LOG2E = 1.4426950408889634
 # A finite "minus infinity" for running maxima: a row that has seen no key yet never computes inf - inf.
 NEG_BIG = tl.constexpr(-1.0e30)
+# What the last split's in-flight tile costs in cached key tiles (its loads depend on the positions load and
+# are not pipelined: 3.5 us against 1.5-2 us a cached tile at 8 requests x 4k, docs/benchmarks.md).
+IN_FLIGHT_TILE_COST = tl.constexpr(2)
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
@@ -30,15 +33,15 @@ def _online_softmax_step(q, keys, values, visible, acc, row_max, row_sum, qk_sca
 
 # Integers that change with the batch (page-table width, split count, workspace strides) are not
 # specialised on, so a new batch shape never stalls a step to compile another kernel variant.
-BATCH_DEPENDENT_ARGS = ["num_splits", "stride_table", "stride_pacc_split", "stride_pstat_split"]
+BATCH_DEPENDENT_ARGS = ["num_splits", "stride_table", "stride_pout_split", "stride_pstat_split"]
 
 
 @triton.jit(do_not_specialize=BATCH_DEPENDENT_ARGS)
 def _paged_attention_kernel(
         q_ptr, k_ptr, v_ptr, out_ptr, positions_ptr, k_cache_ptr, v_cache_ptr, cu_seqlens_ptr,
-        context_lens_ptr, page_table_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, qk_scale, num_splits,
+        context_lens_ptr, page_table_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, qk_scale, num_splits,
         stride_qn, stride_qh, stride_kvn, stride_kvh, stride_on, stride_oh, stride_cp, stride_cs, stride_ch,
-        stride_table, stride_pacc_split, stride_pacc_row, stride_pacc_head, stride_pstat_split, stride_pstat_row,
+        stride_table, stride_pout_split, stride_pout_row, stride_pout_head, stride_pstat_split, stride_pstat_row,
         BLOCK_SIZE: tl.constexpr, PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
         BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
         HAS_CACHE: tl.constexpr, SPLIT_KV: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -76,9 +79,11 @@ def _paged_attention_kernel(
 
     if HAS_CACHE:
         if SPLIT_KV:
-            # Whole tiles per split so only the request's last tile is ragged.
-            chunk = tl.cdiv(tl.cdiv(context_len, num_splits), BLOCK_N) * BLOCK_N
-            key_lo = split * chunk
+            # Whole tiles per split so only the request's last tile is ragged. The in-flight tile, which
+            # only the last split runs, counts as IN_FLIGHT_TILE_COST tiles of the range to share, so the
+            # last split gets that many fewer cached tiles and ends with the others.
+            chunk = tl.cdiv(tl.cdiv(context_len + IN_FLIGHT_TILE_COST * BLOCK_N, num_splits), BLOCK_N) * BLOCK_N
+            key_lo = tl.minimum(split * chunk, context_len)
             key_hi = tl.minimum(key_lo + chunk, context_len)
         else:
             key_lo = 0
@@ -123,28 +128,30 @@ def _paged_attention_kernel(
             acc, row_max, row_sum = _online_softmax_step(q, keys, values, visible, acc, row_max,
                                                          row_sum, qk_scale, DOT_PRECISION)
 
+    out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
     if SPLIT_KV:
-        # Unnormalised partials; padding rows (position -1) are dropped by the combine kernel.
+        # The split's own normalised output in the input dtype (half the bytes of fp32 partials, for the
+        # store and the combine's load), its running max and sum in fp32; the combine drops padding rows.
         split_wide = split.to(tl.int64)  # splits x rows x heads x dim can pass 2**31 elements
         stat_index = split_wide * stride_pstat_split + rows * stride_pstat_row + head
         tl.store(part_max_ptr + stat_index, row_max, mask=row_ok)
         tl.store(part_sum_ptr + stat_index, row_sum, mask=row_ok)
-        acc_index = split_wide * stride_pacc_split + rows * stride_pacc_row + head * stride_pacc_head
-        tl.store(part_acc_ptr + acc_index[:, None] + offs_d[None, :], acc, mask=row_ok[:, None] & d_ok)
+        out_index = split_wide * stride_pout_split + rows * stride_pout_row + head * stride_pout_head
+        tl.store(part_out_ptr + out_index[:, None] + offs_d[None, :], out.to(part_out_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & d_ok)
     else:
-        out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
         store_ok = (row_ok & (q_pos >= 0))[:, None] & d_ok
         tl.store(out_ptr + rows[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=store_ok)
 
 
-@triton.jit(do_not_specialize=["num_splits", "stride_pacc_split", "stride_pstat_split"])
-def _combine_splits_kernel(part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr, positions_ptr, num_splits,
-                           stride_pacc_split, stride_pacc_row, stride_pacc_head, stride_pstat_split,
+@triton.jit(do_not_specialize=["num_splits", "stride_pout_split", "stride_pstat_split"])
+def _combine_splits_kernel(part_out_ptr, part_max_ptr, part_sum_ptr, out_ptr, positions_ptr, num_splits,
+                           stride_pout_split, stride_pout_row, stride_pout_head, stride_pstat_split,
                            stride_pstat_row, stride_on, stride_oh, SPLITS_PAD: tl.constexpr,
                            HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
-    """One program per (query row, head): merge the splits' (max, sum, acc). Every split's partial and the
-    row's position are loaded at once, so the merge costs one memory round trip, not one per split."""
+    """One program per (query row, head): merge the splits' (max, sum, normalised output). Every split's partial
+    and the row's position are loaded at once, so the merge costs one memory round trip, not one per split."""
     row, head = tl.program_id(0).to(tl.int64), tl.program_id(1)
     position = tl.load(positions_ptr + row)   # loaded beside the partials: no round trip of its own
     splits = tl.arange(0, SPLITS_PAD)
@@ -154,13 +161,13 @@ def _combine_splits_kernel(part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr, po
     stat_offsets = splits.to(tl.int64) * stride_pstat_split + row * stride_pstat_row + head
     part_max = tl.load(part_max_ptr + stat_offsets, mask=split_ok, other=NEG_BIG)
     part_sum = tl.load(part_sum_ptr + stat_offsets, mask=split_ok, other=0.0)
-    acc_offsets = splits.to(tl.int64) * stride_pacc_split + row * stride_pacc_row + head * stride_pacc_head
-    part_acc = tl.load(part_acc_ptr + acc_offsets[:, None] + offs_d[None, :], mask=split_ok[:, None] & d_ok[None, :],
+    acc_offsets = splits.to(tl.int64) * stride_pout_split + row * stride_pout_row + head * stride_pout_head
+    part_out = tl.load(part_out_ptr + acc_offsets[:, None] + offs_d[None, :], mask=split_ok[:, None] & d_ok[None, :],
                        other=0.0)
-    # Empty splits (max NEG_BIG, sum 0, acc 0) get weight 0 next to any split that saw a key.
-    weight = tl.exp2(part_max - tl.max(part_max, 0))
-    total_sum = tl.sum(part_sum * weight, 0)
-    out = tl.sum(part_acc * weight[:, None], 0) / tl.where(total_sum > 0, total_sum, 1.0)
+    # Each split weighs in with its share of the row's softmax mass; empty splits (max NEG_BIG, sum 0) with 0.
+    weight = tl.exp2(part_max - tl.max(part_max, 0)) * part_sum
+    total = tl.sum(weight, 0)
+    out = tl.sum(part_out.to(tl.float32) * weight[:, None], 0) / tl.where(total > 0, total, 1.0)
     tl.store(out_ptr + row * stride_on + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
              mask=d_ok & (position >= 0))   # padding rows are left alone
 
@@ -194,17 +201,17 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         q_tiles = triton.cdiv(max_query_len, shape["BLOCK_Q"])
     k_cache, v_cache = _shared_layout(k_cache, v_cache) if has_cache else (k[:1, None], v[:1, None])
     table = meta.page_tables if has_cache else meta.cu_seqlens_q
-    part_acc = part_max = part_sum = out  # the single-pass variant never touches these
+    part_out = part_max = part_sum = out  # the single-pass variant never touches these
     if num_splits > 1:
-        part_acc = q.new_empty(num_splits, total_rows, num_heads, head_dim, dtype=torch.float32)
+        part_out = q.new_empty(num_splits, total_rows, num_heads, head_dim)
         part_max, part_sum = q.new_empty(2, num_splits, total_rows, num_heads, dtype=torch.float32).unbind(0)
     # Triton 3.6's interpreter multiplies bf16 as raw uint16 bits, so CPU runs do their MMAs in fp32.
     dot_dtype = tl.float32 if q.device.type == "cpu" and q.dtype == torch.bfloat16 else _TL_DTYPES[q.dtype]
     _paged_attention_kernel[(q_tiles * num_splits, num_kv_heads, meta.num_requests)](
         q, k, v, out, positions, k_cache, v_cache, meta.cu_seqlens_q, meta.context_lens, table,
-        part_acc, part_max, part_sum, scale * LOG2E, num_splits,
+        part_out, part_max, part_sum, scale * LOG2E, num_splits,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1), *k_cache.stride()[:3],
-        table.stride(0), *part_acc.stride()[:3], *part_max.stride()[:2],
+        table.stride(0), *part_out.stride()[:3], *part_max.stride()[:2],
         BLOCK_SIZE=meta.block_size, PAGE_SIZE=k_cache.shape[1], GROUP=num_heads // num_kv_heads,
         GROUP_PAD=triton.next_power_of_2(num_heads // num_kv_heads), HEAD_DIM=head_dim,
         HEAD_DIM_PAD=padded_head_dim(head_dim), HAS_CACHE=has_cache,
@@ -212,7 +219,7 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         **shape)
     if num_splits > 1:
         _combine_splits_kernel[(total_rows, num_heads)](
-            part_acc, part_max, part_sum, out, positions, num_splits, *part_acc.stride()[:3],
+            part_out, part_max, part_sum, out, positions, num_splits, *part_out.stride()[:3],
             *part_max.stride()[:2], out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, HEAD_DIM_PAD=padded_head_dim(head_dim), **combine_launch(num_splits))
     return out
