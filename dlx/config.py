@@ -61,6 +61,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8000
     frontend_workers: int | None = None
+    engine_cpus: str = ""
     no_frontend: bool = False
     api_key: str | None = None
     max_request_bytes: int = 4 << 20
@@ -85,6 +86,7 @@ class Config:
         self._choose_device(cuda_available)
         self._check_layout()
         self._check_parallelism(cuda_available)
+        self._check_engine_cpus()
         return self
 
     def _check_choices(self) -> None:
@@ -162,6 +164,34 @@ class Config:
             if any(i >= visible or i < 0 for i in ids):
                 raise ConfigError(f"--device-ids {self.device_ids} names a GPU that is not visible ({visible} visible)")
 
+    def _check_engine_cpus(self) -> None:
+        cpus, allowed = self.engine_cpu_list(), os.sched_getaffinity(0)
+        if not cpus:
+            return
+        if len(cpus) != self.tensor_parallel_size * self.data_parallel_size or len(set(cpus)) != len(cpus):
+            raise ConfigError(f"--engine-cpus {self.engine_cpus} must name one distinct CPU per engine worker "
+                              f"({self.tensor_parallel_size * self.data_parallel_size})")
+        if not set(cpus) <= allowed or not allowed - set(cpus):
+            raise ConfigError(f"--engine-cpus {self.engine_cpus} must be CPUs this process may use "
+                              f"({sorted(allowed)}) and leave at least one for the frontends")
+
+    def engine_cpu_list(self) -> list[int]:
+        """--engine-cpus as CPU numbers in worker order ("2,3" or "2-3"); empty when not pinning."""
+        cpus = []
+        try:
+            for part in filter(None, (p.strip() for p in self.engine_cpus.split(","))):
+                first, _, last = part.partition("-")
+                cpus += list(range(int(first), int(last or first) + 1))
+        except ValueError:
+            raise ConfigError(f"--engine-cpus must list CPUs like 2,3 or 2-3, not '{self.engine_cpus}'") from None
+        return cpus
+
+    def frontend_cpus(self) -> set[int]:
+        """Where the launcher and the frontends run: every CPU but the engine workers' own (the kernel keeps
+        only those the process may use). Not read from this process's affinity: under torchrun the frontend
+        is spawned by a worker already pinned to one CPU."""
+        return set(range(os.cpu_count() or 1)) - set(self.engine_cpu_list())
+
     def gpu_ids(self, visible: int) -> list[int]:
         if not self.device_ids.strip():
             return list(range(visible))
@@ -186,8 +216,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "device": "cuda or cpu (default: cuda when available)",
         "num_kv_pages": "KV-cache pages (default: sized from --gpu-memory-utilization, or 4096 on CPU)",
         "admission_wait_ms": "after a step that finished requests, wait up to this long (and a quarter of the "
-                             "step) for follow-up requests to join the next step, while such waits keep "
-                             "catching arrivals; 0 disables",
+                             "step) for follow-up requests to join the next step, when they would be a quarter "
+                             "of the batch and while such waits keep catching arrivals; 0 disables",
+        "engine_cpus": "pin each engine worker to its own CPU, e.g. 2,3 or 2-3 (one per worker; the launcher "
+                       "and frontends keep the others): a Python-bound step then never shares its core",
         "no_frontend": "start only the engine workers; attach gunicorn frontends separately",
         "frontend_workers": "gunicorn gevent frontend processes (default: one per 4 CPU cores, 2 to 8)",
         "api_key": "require 'Authorization: Bearer KEY' (also DLX_API_KEY)",

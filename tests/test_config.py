@@ -70,3 +70,25 @@ def test_launch_fails_fast_with_one_sentence(tiny_dir):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == "dlx: error: --block-size 24 must divide --page-size 32"
+
+
+@pytest.mark.parametrize("cpus,dp,message", [
+    ("x", 1, "--engine-cpus must list CPUs like 2,3 or 2-3, not 'x'"),
+    ("2,3", 1, "--engine-cpus 2,3 must name one distinct CPU per engine worker (1)"),
+    ("2,2", 2, "must name one distinct CPU per engine worker (2)"),
+    ("9", 1, "--engine-cpus 9 must be CPUs this process may use"),
+    ("0-3", 4, "leave at least one for the frontends"),
+])
+def test_engine_cpus_are_checked(tiny_dir, monkeypatch, cpus, dp, message):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        finalize(tiny_dir, engine_cpus=cpus, data_parallel_size=dp)
+
+
+def test_engine_cpus_in_worker_order_and_the_rest_for_frontends(tiny_dir, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    cfg = finalize(tiny_dir, engine_cpus="3, 1", data_parallel_size=2)
+    assert cfg.engine_cpu_list() == [3, 1] and cfg.frontend_cpus() == {0, 2}
+    assert finalize(tiny_dir, engine_cpus="1-2", data_parallel_size=2).engine_cpu_list() == [1, 2]
+    assert finalize(tiny_dir).engine_cpu_list() == []
