@@ -35,8 +35,9 @@ def main() -> None:
                         help="PREFETCH_PAGES launch option: page numbers loaded one key tile ahead")
     parser.add_argument("--quick", action="store_true", help=f"only the {len(QUICK_TILES)} launch shapes of QUICK_TILES (the likely winners)")
     parser.add_argument("--block-q", default=None, metavar="Q,Q",
-                        help="query tokens per tile to sweep instead (64-key tiles, 4/8 warps, 2/3 stages): short tiles "
-                             "give split grids more, lighter programs that read each key tile from L2 more than once")
+                        help="query tokens per tile to sweep instead (64-key tiles, 4/8 warps, 2/3 stages): "
+                             "short tiles give split grids more, lighter programs that read each key tile from "
+                             "L2 more than once")
     options = parser.parse_args()
     cases = [tuple(int(x) for x in case.split("x")) for case in options.cases.split(",")]
     shapes = QUICK_TILES if options.quick else TILES

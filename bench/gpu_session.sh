@@ -50,7 +50,7 @@ for part in $parts; do
     shorttiles)    # split grids with short query tiles (more, lighter programs) against the current launch
       timeout 240 python3 bench/attention_sweep.py --block-q 4,8,16 --cases 8x4096,8x8192,1x4096,1x8192 \
         --prefetch on --top 6 2>&1 | tee "$OUT/short_tiles.md" ;;
-    *) echo "unknown part $part (tests, kernels, serve, servevaried, servepinned, stepgap, sweep, quicksweep, shorttiles)"
+    *) echo "unknown part $part (tests kernels serve servevaried servepinned stepgap sweep quicksweep shorttiles)"
        exit 2 ;;
   esac
 done

@@ -178,7 +178,8 @@ def main() -> None:
     inproc = {c: sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2] for c, runs in inproc.items()}
     http = {c: sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2] for c, runs in http.items()}
     print(f"\nServing benchmark on {card} — model {os.path.basename(os.path.normpath(args.model))}, "
-          f"{args.requests} requests × {args.max_tokens}{f'–{args.max_tokens_to}' if args.max_tokens_to else ''} tokens, greedy, "
+          f"{args.requests} requests × {args.max_tokens}{f'–{args.max_tokens_to}' if args.max_tokens_to else ''} "
+          f"tokens, greedy, "
           f"{'open loop (all submitted at once)' if args.open_loop else 'closed loop'}, "
           f"server --admission-wait-ms {args.admission_wait_ms}, {args.frontend_workers or auto_frontend_workers()} "
           f"frontend workers, {processes} client processes"

@@ -150,8 +150,8 @@ def _combine_splits_kernel(part_out_ptr, part_max_ptr, part_sum_ptr, out_ptr, po
                            stride_pout_split, stride_pout_row, stride_pout_head, stride_pstat_split,
                            stride_pstat_row, stride_on, stride_oh, SPLITS_PAD: tl.constexpr,
                            HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
-    """One program per (query row, head): merge the splits' (max, sum, normalised output). Every split's partial
-    and the row's position are loaded at once, so the merge costs one memory round trip, not one per split."""
+    """One program per (query row, head): merge the splits' (max, sum, normalised output). Every split's
+    partial and the row's position are loaded at once: one memory round trip for the merge, not one a split."""
     row, head = tl.program_id(0).to(tl.int64), tl.program_id(1)
     position = tl.load(positions_ptr + row)   # loaded beside the partials: no round trip of its own
     splits = tl.arange(0, SPLITS_PAD)
@@ -161,9 +161,9 @@ def _combine_splits_kernel(part_out_ptr, part_max_ptr, part_sum_ptr, out_ptr, po
     stat_offsets = splits.to(tl.int64) * stride_pstat_split + row * stride_pstat_row + head
     part_max = tl.load(part_max_ptr + stat_offsets, mask=split_ok, other=NEG_BIG)
     part_sum = tl.load(part_sum_ptr + stat_offsets, mask=split_ok, other=0.0)
-    acc_offsets = splits.to(tl.int64) * stride_pout_split + row * stride_pout_row + head * stride_pout_head
-    part_out = tl.load(part_out_ptr + acc_offsets[:, None] + offs_d[None, :], mask=split_ok[:, None] & d_ok[None, :],
-                       other=0.0)
+    out_offsets = splits.to(tl.int64) * stride_pout_split + row * stride_pout_row + head * stride_pout_head
+    part_out = tl.load(part_out_ptr + out_offsets[:, None] + offs_d[None, :],
+                       mask=split_ok[:, None] & d_ok[None, :], other=0.0)
     # Each split weighs in with its share of the row's softmax mass; empty splits (max NEG_BIG, sum 0) with 0.
     weight = tl.exp2(part_max - tl.max(part_max, 0)) * part_sum
     total = tl.sum(weight, 0)

@@ -131,9 +131,10 @@ class Leader:
     def wait_for_followers(self, finished: int) -> None:
         """After a step that finished requests, give the clients' next requests a moment to arrive (a
         closed-loop client answers within a few milliseconds) so they join the next step rather than the
-        one after: at most follower_window(), and only where AdmissionPolicy finds that holding pays. The window is polled: it is short and follows a step, so it is never idle time.
-        Also when nothing else runs: requests that finished together are followed by a burst, and a step
-        started on its first arrival would leave the rest a step behind."""
+        one after: at most follower_window(), and only where AdmissionPolicy finds that holding pays. The
+        window is polled: it is short and follows a step, so it is never idle time. Also when nothing else
+        runs: requests that finished together are followed by a burst, and a step started on its first
+        arrival would leave the rest a step behind."""
         limit = self.follower_window()
         others = len(self.engine.scheduler.running) + len(self.engine.scheduler.waiting)
         room = self.engine.cfg.max_num_reqs - others
