@@ -16,9 +16,10 @@ sys.path.insert(0, ROOT)
 from dlx.config import Config, auto_frontend_workers  # noqa: E402
 from dlx.engine.engine import LLMEngine  # noqa: E402
 from dlx.engine.sampling_params import SamplingParams  # noqa: E402
+from dlx.workers.worker import pin_process  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_http import process_tree, run_http  # noqa: E402
+from serve_http import run_http  # noqa: E402
 
 
 def prompts(n: int) -> list[list[int]]:
@@ -78,34 +79,21 @@ def overhead_parts(inproc: dict, http: dict) -> str:
             f"+ engine idle {idle / base:+.1f}% (in-process idle {(inproc['wall_s'] - inproc['busy_s']) / base:.1f}%)")
 
 
-def pin_engines(cpu: int, server_pid: int, client_pids: list[int]) -> None:
-    """Both engines (this process and the server's engine workers) on one CPU, everything else (frontends,
-    clients) off it: the paths then differ in their transport only, not in where their CPU-bound steps ran."""
-    everything = os.sched_getaffinity(0)
-    others = everything - {cpu}
-    for pid, command in tree_commands(server_pid).items():
-        os.sched_setaffinity(pid, {cpu} if b"spawn_main" in command else others)
+def pin_engines(cpu: int, client_pids: list[int]) -> None:
+    """Both engines on one CPU and the clients off it (the server, started with --engine-cpus, keeps its
+    frontends off it too): the paths then differ in their transport only, not in where their steps ran."""
     for pid in client_pids:
-        os.sched_setaffinity(pid, others)
-    os.sched_setaffinity(0, {cpu})
-
-
-def tree_commands(root: int) -> dict[int, bytes]:
-    """Command line of every process in root's tree (the server's engine workers run spawn_main)."""
-    commands = {}
-    for pid in process_tree(root):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                commands[pid] = f.read()
-        except OSError:
-            continue
-    return commands
+        os.sched_setaffinity(pid, os.sched_getaffinity(0) - {cpu})
+    pin_process({cpu})   # every thread of the in-process engine, which then runs one torch thread as the
+    torch.set_num_threads(1)   # server's pinned worker does (two threads spinning on one core crawl)
 
 
 def start_server(args, port: int) -> subprocess.Popen:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in engine_args(args).items() if v is not None]
     if args.frontend_workers:
         flags.append(f"--frontend-workers={args.frontend_workers}")
+    if args.pin_engines is not None:
+        flags.append(f"--engine-cpus={args.pin_engines}")
     proc = subprocess.Popen([sys.executable, "launch.py", *flags, "--port", str(port)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
@@ -154,7 +142,7 @@ def main() -> None:
     engine = LLMEngine(Config(**engine_args(args)).finalize())
     server = start_server(args, args.port)
     if args.pin_engines is not None:
-        pin_engines(args.pin_engines, server.pid, [w.pid for w in clients[0]._pool])
+        pin_engines(args.pin_engines, [w.pid for w in clients[0]._pool])
     url = f"http://127.0.0.1:{args.port}"
     inproc, http = {c: [] for c in levels}, {c: [] for c in levels}
     try:
