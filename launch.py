@@ -45,7 +45,7 @@ class Runtime:
 def run_gunicorn(cfg: Config, runtime: dict) -> None:
     from gunicorn.app.base import BaseApplication
     if cfg.engine_cpus:   # the launcher and the frontends it forks stay off the engine workers' cores
-        from dlx.workers.worker import pin_process
+        from dlx.workers.affinity import pin_process
         pin_process(cfg.frontend_cpus())
 
     class FrontendApp(BaseApplication):

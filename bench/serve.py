@@ -16,7 +16,7 @@ sys.path.insert(0, ROOT)
 from dlx.config import Config, auto_frontend_workers  # noqa: E402
 from dlx.engine.engine import LLMEngine  # noqa: E402
 from dlx.engine.sampling_params import SamplingParams  # noqa: E402
-from dlx.workers.worker import pin_process  # noqa: E402
+from dlx.workers.affinity import pin_process  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_http import run_http  # noqa: E402
@@ -84,8 +84,10 @@ def pin_engines(cpu: int, client_pids: list[int]) -> None:
     frontends off it too): the paths then differ in their transport only, not in where their steps ran."""
     for pid in client_pids:
         os.sched_setaffinity(pid, os.sched_getaffinity(0) - {cpu})
-    pin_process({cpu})   # every thread of the in-process engine, which then runs one torch thread as the
-    torch.set_num_threads(1)   # server's pinned worker does (two threads spinning on one core crawl)
+    # Every thread of the in-process engine, on one torch thread as the server's pinned worker (two torch
+    # threads spinning on one core crawl).
+    pin_process({cpu})
+    torch.set_num_threads(1)
 
 
 def start_server(args, port: int) -> subprocess.Popen:

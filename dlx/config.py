@@ -165,9 +165,10 @@ class Config:
                 raise ConfigError(f"--device-ids {self.device_ids} names a GPU that is not visible ({visible} visible)")
 
     def _check_engine_cpus(self) -> None:
-        cpus, allowed = self.engine_cpu_list(), os.sched_getaffinity(0)
+        cpus = self.engine_cpu_list()
         if not cpus:
             return
+        allowed = os.sched_getaffinity(0)
         if len(cpus) != self.tensor_parallel_size * self.data_parallel_size or len(set(cpus)) != len(cpus):
             raise ConfigError(f"--engine-cpus {self.engine_cpus} must name one distinct CPU per engine worker "
                               f"({self.tensor_parallel_size * self.data_parallel_size})")

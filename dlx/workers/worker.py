@@ -1,7 +1,6 @@
 """One worker process: joins its data-parallel group's torch.distributed world (gloo on CPU, NCCL on GPU),
 loads its tensor-parallel shard, then leads (rank 0) or follows the leader's commands step by step."""
 import datetime
-import os
 import signal
 import threading
 
@@ -14,6 +13,7 @@ from dlx.engine.engine import LLMEngine
 from dlx.ipc import ChannelSet
 from dlx.ipc.board import StatusBoard
 from dlx.models.parallel import set_tensor_parallel
+from dlx.workers.affinity import pin_process
 from dlx.workers.leader import Leader, apply_commands
 
 # Idle followers block in a gloo broadcast until the leader has work; that wait must never time out.
@@ -39,16 +39,6 @@ def use_device(cfg: Config, global_rank: int) -> None:
         torch.set_num_threads(max(1, torch.get_num_threads() // (cfg.tensor_parallel_size * cfg.data_parallel_size)))
     if cfg.device == "cuda":
         torch.cuda.set_device(cfg.gpu_ids(torch.cuda.device_count())[global_rank])
-
-
-def pin_process(cpus: set[int]) -> None:
-    """Every thread of this process onto `cpus`: threads that imports or the supervisor started are already
-    running, and threads started later inherit the affinity of the one that starts them."""
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), cpus)
-        except ProcessLookupError:   # the thread ended meanwhile
-            continue
 
 
 def worker_main(tp_rank: int, group: int, cfg_dict: dict, prefix: str, port: int, generation: int) -> None:
