@@ -36,8 +36,10 @@ def workload(n: int, max_tokens: int, longest: int | None) -> list[tuple[list[in
 
 
 def engine_args(args) -> dict:
-    return dict(model=args.model, device=args.device, max_model_len=args.max_model_len, max_num_reqs=max(64, args.max_c),
-                buffer_size=args.buffer_size, num_kv_pages=args.kv_pages, admission_wait_ms=args.admission_wait_ms)
+    chosen = dict(model=args.model, device=args.device, max_model_len=args.max_model_len,
+                  max_num_reqs=max(64, args.max_c), buffer_size=args.buffer_size, num_kv_pages=args.kv_pages,
+                  admission_wait_ms=args.admission_wait_ms, accept_threshold=args.accept_threshold)
+    return {name: value for name, value in chosen.items() if value is not None}
 
 
 def run_in_process(engine: LLMEngine, work: list[tuple[list[int], int]], concurrency: int) -> dict:
@@ -91,7 +93,7 @@ def pin_engines(cpu: int, client_pids: list[int]) -> None:
 
 
 def start_server(args, port: int) -> subprocess.Popen:
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in engine_args(args).items() if v is not None]
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in engine_args(args).items()]
     if args.frontend_workers:
         flags.append(f"--frontend-workers={args.frontend_workers}")
     if args.pin_engines is not None:
@@ -128,6 +130,9 @@ def main() -> None:
                         help="the server's --frontend-workers (default: the server's own, one per 4 cores)")
     parser.add_argument("--client-processes", type=int, default=8,
                         help="HTTP client processes the concurrent clients are spread over")
+    parser.add_argument("--accept-threshold", type=float, default=None,
+                        help="both engines' --accept-threshold: closer to 1 commits fewer tokens a forward, so "
+                             "answers last more steps (LLaDA2.0-mini: ~2.55 tokens a forward at its 0.95)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating in-process/HTTP rounds (median)")
     parser.add_argument("--pin-engines", type=int, default=None, metavar="CPU",
                         help="run both engines on this CPU and the frontends and clients on the others")
@@ -171,7 +176,10 @@ def main() -> None:
           f"{args.requests} requests × {args.max_tokens}{f'–{args.max_tokens_to}' if args.max_tokens_to else ''} "
           f"tokens, greedy, "
           f"{'open loop (all submitted at once)' if args.open_loop else 'closed loop'}, "
-          f"server --admission-wait-ms {args.admission_wait_ms}, {args.frontend_workers or auto_frontend_workers()} "
+          f"server --admission-wait-ms {args.admission_wait_ms}, "
+          f"{'' if args.accept_threshold is None else f'--accept-threshold {args.accept_threshold}, '}"
+          f"{inproc[levels[0]]['tokens'] / max(inproc[levels[0]]['nfe'], 1):.2f} tokens a forward "
+          f"({inproc[levels[0]]['nfe'] / args.requests:.1f} steps an answer), {args.frontend_workers or auto_frontend_workers()} "
           f"frontend workers, {processes} client processes"
           f"{'' if args.pin_engines is None else f', both engines pinned to CPU {args.pin_engines}'}; "
           f"median of {args.rounds} alternating rounds\n")

@@ -183,6 +183,47 @@ def test_page_prefetch_on_and_off_match_reference(splits, prefetch):
     assert_matches_reference(case, num_splits=splits, tile=tile)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_combine_in_kernel_and_by_launch_agree(fused, dtype):
+    """The split that arrives last merges the partials (FUSED_COMBINE) or a combine launch does: both match
+    the reference with several query tiles per request (one request has fewer tiles, whose programs never
+    arrive), empty splits and a request without cache; the arrival counters are re-armed to zero for the next
+    call, which must give the same answer again."""
+    case = make_case([21, 5, 9], [130, 0, 37], 8, 2, 16, 4, 8, dtype, seed=5)
+    tile = {**attention_plan.tile_shape(4, 16, 4, dtype), "BLOCK_Q": 4, "FUSED_COMBINE": fused}
+    first = assert_matches_reference(case, num_splits=4, tile=tile)
+    assert int(attention_plan.arrival_counters(first.device, 1).count_nonzero()) == 0
+    assert torch.equal(attention_triton.paged_attention_triton(*case, num_splits=4, tile=tile), first)
+
+
+def test_combine_in_kernel_only_for_a_few_splits():
+    assert not attention_plan.combine_in_kernel(1)
+    assert attention_plan.combine_in_kernel(2) and attention_plan.combine_in_kernel(attention_plan.FEW_SPLITS)
+    assert not attention_plan.combine_in_kernel(16)
+
+
+@pytest.mark.gpu
+def test_combine_in_kernel_replays_in_a_cuda_graph():
+    """Splits on many SMs race for the last arrival: replays of a captured call (8 requests x 4 splits, the
+    fused combine) give the eager answer every time, and leave the arrival counters at zero."""
+    case = make_case([32] * 8, [4096] * 8, 16, 4, 128, 32, 32, torch.bfloat16, seed=8)
+    eager = assert_matches_reference(case, num_splits=4)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):   # warm-up off the default stream, as graph capture requires
+        attention_triton.paged_attention_triton(*case, num_splits=4)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = attention_triton.paged_attention_triton(*case, num_splits=4)
+    for _ in range(20):
+        captured.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, eager)
+    assert int(attention_plan.arrival_counters(eager.device, 1).count_nonzero()) == 0
+
+
 @pytest.mark.gpu
 def test_llada2_mini_ragged_queries_bf16():
     case = make_case([32, 64, 5, 96, 1], [8000, 0, 4096, 31, 2049], 16, 4, 128, 32, 32, torch.bfloat16, seed=7)
