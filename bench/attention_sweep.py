@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels import attention_batch, copy_bandwidth, kernel_breakdown, kernel_ms, time_ms  # noqa: E402
 
-from dlx.kernels import attention_plan, attention_triton  # noqa: E402
+from dlx.kernels import attention_triton  # noqa: E402
 
 CASES = [(1, 4096), (1, 8192), (8, 4096), (8, 8192), (64, 4096), (64, 8192), (64, 1024), (8, 1024)]
 TILES = [dict(BLOCK_Q=bq, BLOCK_N=bn, num_warps=w, num_stages=s)
@@ -23,7 +23,6 @@ QUICK_TILES = ([dict(BLOCK_Q=32, BLOCK_N=n, num_warps=w, num_stages=s)
                 for n, w, s in itertools.product((64, 128), (4, 8), (2, 3, 4))]
                + [dict(BLOCK_Q=16, BLOCK_N=64, num_warps=w, num_stages=s) for w, s in itertools.product((4, 8), (2, 3))])
 PREFETCH = {"off": (False,), "on": (True,), "both": (False, True)}
-COMBINE = {"launch": (False,), "kernel": (True,), "both": (False, True)}
 SPLITS = (1, 2, 3, 4, 8, 16, 32, 64)
 
 
@@ -39,8 +38,6 @@ def main() -> None:
                         help="query tokens per tile to sweep instead (64-key tiles, 4/8 warps, 2/3 stages): "
                              "short tiles give split grids more, lighter programs that read each key tile from "
                              "L2 more than once")
-    parser.add_argument("--combine", choices=sorted(COMBINE), default="both",
-                        help="split grids: partials merged by a combine launch, by the split that ends last, or both")
     parser.add_argument("--warp-specialize", choices=sorted(PREFETCH), default="off",
                         help="the cached-key loop with Triton's warp specialisation (producer/consumer warps)")
     options = parser.parse_args()
@@ -49,9 +46,8 @@ def main() -> None:
     if options.block_q:
         shapes = [dict(BLOCK_Q=int(bq), BLOCK_N=64, num_warps=w, num_stages=s)
                   for bq, w, s in itertools.product(options.block_q.split(","), (4, 8), (2, 3))]
-    tiles = [{**tile, "PREFETCH_PAGES": p, "FUSED_COMBINE": c, "WARP_SPECIALIZE": w} for tile in shapes
-             for p, c, w in itertools.product(PREFETCH[options.prefetch], COMBINE[options.combine],
-                                              PREFETCH[options.warp_specialize])]
+    tiles = [{**tile, "PREFETCH_PAGES": p, "WARP_SPECIALIZE": w} for tile in shapes
+             for p, w in itertools.product(PREFETCH[options.prefetch], PREFETCH[options.warp_specialize])]
     copy_rate = copy_bandwidth()
     torch.cuda.empty_cache()
     print(f"# attention sweep on {torch.cuda.get_device_name()}, copy bandwidth {copy_rate / 1e12:.2f} TB/s")
@@ -63,8 +59,6 @@ def main() -> None:
         for tile, splits in itertools.product(tiles, SPLITS):
             if splits * 64 > context_len:   # every split keeps at least one 64-key tile
                 continue
-            if splits == 1 and tile["FUSED_COMBINE"] and len(COMBINE[options.combine]) > 1:
-                continue                    # one pass has nothing to combine: timed once
             def run():
                 return attention_triton.paged_attention_triton(*args, num_splits=splits, tile=tile)
             try:
@@ -79,14 +73,6 @@ def main() -> None:
               f"current heuristic {auto_ms:.4f} ms = {100 * bytes_moved / (auto_ms * 1e-3) / copy_rate:.0f}% copy")
         parts = kernel_breakdown(lambda: attention_triton.paged_attention_triton(*args))
         print("  kernels of the heuristic's launch: " + ", ".join(f"{name} {ms * 1e3:.1f} us" for name, ms in parts.items()))
-        shape, _, splits = attention_plan.launch_plan(args[0], args[1].shape[1], args[6], cached=True)
-        for fused in (False, True) if splits > 1 else ():   # the heuristic's launch, each way of combining
-            def heuristic(fused=fused):
-                return attention_triton.paged_attention_triton(*args, tile={**shape, "FUSED_COMBINE": fused})
-            ms, busy = time_ms(heuristic, iters=10), kernel_ms(heuristic)
-            print(f"  heuristic's launch, combine {'in the kernel' if fused else 'by launch'}: {ms:.4f} ms "
-                  f"{100 * bytes_moved / (ms * 1e-3) / copy_rate:5.1f}%, kernels {busy:.4f} ms "
-                  f"{100 * bytes_moved / (busy * 1e-3) / copy_rate:5.1f}%")
         for ms, splits, tile, error in results[:options.top]:
             busy = kernel_ms(lambda: attention_triton.paged_attention_triton(*args, num_splits=splits, tile=tile))
             print(f"  {ms:.4f} ms  {100 * bytes_moved / (ms * 1e-3) / copy_rate:5.1f}%  kernels {busy:.4f} ms "

@@ -183,47 +183,6 @@ def test_page_prefetch_on_and_off_match_reference(splits, prefetch):
     assert_matches_reference(case, num_splits=splits, tile=tile)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_combine_in_kernel_and_by_launch_agree(fused, dtype):
-    """The split that arrives last merges the partials (FUSED_COMBINE) or a combine launch does: both match
-    the reference with several query tiles per request (one request has fewer tiles, whose programs never
-    arrive), empty splits and a request without cache; the arrival counters are re-armed to zero for the next
-    call, which must give the same answer again."""
-    case = make_case([21, 5, 9], [130, 0, 37], 8, 2, 16, 4, 8, dtype, seed=5)
-    tile = {**attention_plan.tile_shape(4, 16, 4, dtype), "BLOCK_Q": 4, "FUSED_COMBINE": fused}
-    first = assert_matches_reference(case, num_splits=4, tile=tile)
-    assert int(attention_plan.arrival_counters(first.device, 1).count_nonzero()) == 0
-    assert torch.equal(attention_triton.paged_attention_triton(*case, num_splits=4, tile=tile), first)
-
-
-def test_combine_in_kernel_only_for_a_few_splits():
-    assert not attention_plan.combine_in_kernel(1)
-    assert attention_plan.combine_in_kernel(2) and attention_plan.combine_in_kernel(attention_plan.FEW_SPLITS)
-    assert not attention_plan.combine_in_kernel(16)
-
-
-@pytest.mark.gpu
-def test_combine_in_kernel_replays_in_a_cuda_graph():
-    """Splits on many SMs race for the last arrival: replays of a captured call (8 requests x 4 splits, the
-    fused combine) give the eager answer every time, and leave the arrival counters at zero."""
-    case = make_case([32] * 8, [4096] * 8, 16, 4, 128, 32, 32, torch.bfloat16, seed=8)
-    eager = assert_matches_reference(case, num_splits=4)
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):   # warm-up off the default stream, as graph capture requires
-        attention_triton.paged_attention_triton(*case, num_splits=4)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = attention_triton.paged_attention_triton(*case, num_splits=4)
-    for _ in range(20):
-        captured.zero_()
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(captured, eager)
-    assert int(attention_plan.arrival_counters(eager.device, 1).count_nonzero()) == 0
-
-
 @pytest.mark.gpu
 def test_llada2_mini_ragged_queries_bf16():
     case = make_case([32, 64, 5, 96, 1], [8000, 0, 4096, 31, 2049], 16, 4, 128, 32, 32, torch.bfloat16, seed=7)
@@ -238,3 +197,20 @@ def test_tile_shape_uses_the_swept_launch_options():
     assert shape["BLOCK_Q"] * 4 == 128 and shape["BLOCK_N"] == 64
     assert (shape["num_warps"], shape["num_stages"], shape["PREFETCH_PAGES"]) == (8, 3, True)
     assert attention_plan.tile_shape(4, 16, 4, torch.bfloat16)["num_warps"] == 4
+
+
+def test_split_grids_use_half_height_tiles():
+    """A split grid of full-height 16-bit tiles runs 64-row tiles on 4 warps (two programs an SM); short,
+    fp32 and wide-head tiles keep their shape. The half-height launch matches the reference, with two query
+    tiles for the 32-token request and one for the 20-token one."""
+    full = attention_plan.tile_shape(4, 128, 32, torch.bfloat16)
+    half = attention_plan.split_tile_shape(full, 4, 128)
+    assert (half["BLOCK_Q"], half["num_warps"], half["num_stages"], half["BLOCK_N"]) == (16, 4, 3, 64)
+    short = attention_plan.tile_shape(4, 128, 8, torch.bfloat16)
+    assert attention_plan.split_tile_shape(short, 4, 128) == short
+    assert attention_plan.split_tile_shape(full, 4, 256) == full
+    fp32 = attention_plan.tile_shape(4, 128, 32, torch.float32)
+    assert attention_plan.split_tile_shape(fp32, 4, 128) == fp32
+    case = make_case([32, 20], [300, 70], 8, 2, 16, 32, 16, torch.bfloat16, seed=4)
+    assert attention_plan.split_tile_shape(attention_plan.tile_shape(4, 16, 32, torch.bfloat16), 4, 16)["BLOCK_Q"] == 16
+    assert_matches_reference(case, num_splits=3)

@@ -5,8 +5,7 @@ import triton
 import triton.language as tl
 
 from dlx.kernels.attention import AttentionMetadata
-from dlx.kernels.attention_plan import (arrival_counters, combine_in_kernel, combine_launch, host_summary,
-                                        launch_plan, padded_head_dim)
+from dlx.kernels.attention_plan import combine_launch, host_summary, launch_plan, padded_head_dim, split_tile_shape
 
 LOG2E = 1.4426950408889634
 # A finite "minus infinity" for running maxima: a row that has seen no key yet never computes inf - inf.
@@ -40,17 +39,16 @@ BATCH_DEPENDENT_ARGS = ["num_splits", "stride_table", "stride_pout_split", "stri
 @triton.jit(do_not_specialize=BATCH_DEPENDENT_ARGS)
 def _paged_attention_kernel(
         q_ptr, k_ptr, v_ptr, out_ptr, positions_ptr, k_cache_ptr, v_cache_ptr, cu_seqlens_ptr,
-        context_lens_ptr, page_table_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, arrivals_ptr, qk_scale, num_splits,
+        context_lens_ptr, page_table_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, qk_scale, num_splits,
         stride_qn, stride_qh, stride_kvn, stride_kvh, stride_on, stride_oh, stride_cp, stride_cs, stride_ch,
         stride_table, stride_pout_split, stride_pout_row, stride_pout_head, stride_pstat_split, stride_pstat_row,
         BLOCK_SIZE: tl.constexpr, PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
         BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
         HAS_CACHE: tl.constexpr, SPLIT_KV: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        PREFETCH_PAGES: tl.constexpr, FUSED_COMBINE: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+        PREFETCH_PAGES: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
     """Program (tile*splits + split, kv_head, request): BLOCK_Q query rows x GROUP heads against
     (1) its share of the request's cached keys, read page by page, then (2) for the last split, the
-    request's in-flight keys up to the end of the tile's last block, masked by the block rule.
-    With FUSED_COMBINE the split that finishes last merges every split's partial (no combine launch)."""
+    request's in-flight keys up to the end of the tile's last block, masked by the block rule."""
     tile, split = tl.program_id(0) // num_splits, tl.program_id(0) % num_splits
     kv_head, request = tl.program_id(1), tl.program_id(2)
     row_start = tl.load(cu_seqlens_ptr + request).to(tl.int64)
@@ -131,45 +129,20 @@ def _paged_attention_kernel(
                                                          row_sum, qk_scale, DOT_PRECISION)
 
     out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
-    store_ok = (row_ok & (q_pos >= 0))[:, None] & d_ok
-    out_offsets = rows[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :]
     if SPLIT_KV:
         # The split's own normalised output in the input dtype (half the bytes of fp32 partials, for the
         # store and the combine's load), its running max and sum in fp32; the combine drops padding rows.
         split_wide = split.to(tl.int64)  # splits x rows x heads x dim can pass 2**31 elements
-        stat_index = rows * stride_pstat_row + head
-        part_index = (rows * stride_pout_row + head * stride_pout_head)[:, None] + offs_d[None, :]
-        tl.store(part_max_ptr + split_wide * stride_pstat_split + stat_index, row_max, mask=row_ok)
-        tl.store(part_sum_ptr + split_wide * stride_pstat_split + stat_index, row_sum, mask=row_ok)
-        tl.store(part_out_ptr + split_wide * stride_pout_split + part_index, out.to(part_out_ptr.dtype.element_ty),
+        stat_index = split_wide * stride_pstat_split + rows * stride_pstat_row + head
+        tl.store(part_max_ptr + stat_index, row_max, mask=row_ok)
+        tl.store(part_sum_ptr + stat_index, row_sum, mask=row_ok)
+        out_index = split_wide * stride_pout_split + rows * stride_pout_row + head * stride_pout_head
+        tl.store(part_out_ptr + out_index[:, None] + offs_d[None, :], out.to(part_out_ptr.dtype.element_ty),
                  mask=row_ok[:, None] & d_ok)
-        if FUSED_COMBINE:
-            # Every thread's stores come before the release of the arrival count; the split that takes the
-            # last ticket acquires the others' partials, merges them, and re-arms the counter for the next
-            # call (so a captured graph replays it too).
-            tl.debug_barrier()
-            counter = arrivals_ptr + (request * tl.num_programs(1) + kv_head) * tl.cdiv(tl.num_programs(0), num_splits) + tile
-            if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
-                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
-                total_max, total_sum = row_max, row_sum
-                for other in range(0, num_splits):
-                    if other != split:
-                        other_wide = split_wide + (other - split)   # int64, also where range yields ints
-                        other_max = tl.load(part_max_ptr + other_wide * stride_pstat_split + stat_index,
-                                            mask=row_ok, other=NEG_BIG, cache_modifier=".cg")
-                        other_sum = tl.load(part_sum_ptr + other_wide * stride_pstat_split + stat_index,
-                                            mask=row_ok, other=0.0, cache_modifier=".cg")
-                        other_out = tl.load(part_out_ptr + other_wide * stride_pout_split + part_index,
-                                            mask=row_ok[:, None] & d_ok, other=0.0, cache_modifier=".cg")
-                        new_max = tl.maximum(total_max, other_max)
-                        mine, theirs = tl.exp2(total_max - new_max), tl.exp2(other_max - new_max) * other_sum
-                        acc = acc * mine[:, None] + other_out.to(tl.float32) * theirs[:, None]
-                        total_sum = total_sum * mine + theirs
-                        total_max = new_max
-                merged = acc / tl.where(total_sum > 0, total_sum, 1.0)[:, None]
-                tl.store(out_ptr + out_offsets, merged.to(out_ptr.dtype.element_ty), mask=store_ok)
     else:
-        tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=store_ok)
+        store_ok = (row_ok & (q_pos >= 0))[:, None] & d_ok
+        tl.store(out_ptr + rows[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=store_ok)
 
 
 @triton.jit(do_not_specialize=["num_splits", "stride_pout_split", "stride_pstat_split"])
@@ -213,8 +186,7 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
                            tile: dict | None = None) -> torch.Tensor:
     """Same contract as attention_reference. num_splits None picks split-KV by choose_num_splits;
     1 forces the single-pass kernel, more forces that many splits of the cached range. `tile`
-    overrides launch options (BLOCK_N, num_warps, num_stages, FUSED_COMBINE, ...): for tuning sweeps.
-    Calls run on one stream at a time: fused-combine calls share their arrival counters."""
+    overrides launch options (BLOCK_N, num_warps, num_stages): for tuning sweeps."""
     q = q if q.stride(-1) == 1 else q.contiguous()
     (k, v), out = _shared_layout(k, v), torch.empty_like(q)
     max_query_len, max_context_len, total_rows = host_summary(meta)
@@ -224,28 +196,30 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
     has_cache = k_cache is not None and meta.page_tables is not None and max_context_len > 0
     shape, q_tiles, auto_splits = launch_plan(q, num_kv_heads, meta, has_cache)
     num_splits = auto_splits if num_splits is None else num_splits
-    shape = {**shape, "FUSED_COMBINE": combine_in_kernel(num_splits), **(tile or {})}
+    group_pad = triton.next_power_of_2(num_heads // num_kv_heads)
+    if num_splits > 1:
+        shape = split_tile_shape(shape, group_pad, padded_head_dim(head_dim))
+    shape = {**shape, **(tile or {})}
     q_tiles = triton.cdiv(max_query_len, shape["BLOCK_Q"])
     k_cache, v_cache = _shared_layout(k_cache, v_cache) if has_cache else (k[:1, None], v[:1, None])
     table = meta.page_tables if has_cache else meta.cu_seqlens_q
-    part_out = part_max = part_sum = arrivals = out  # the single-pass variant never touches these
+    part_out = part_max = part_sum = out  # the single-pass variant never touches these
     if num_splits > 1:
         part_out = q.new_empty(num_splits, total_rows, num_heads, head_dim)
         part_max, part_sum = q.new_empty(2, num_splits, total_rows, num_heads, dtype=torch.float32).unbind(0)
-        arrivals = arrival_counters(q.device, meta.num_requests * num_kv_heads * q_tiles)
     # Triton 3.6's interpreter multiplies bf16 as raw uint16 bits, so CPU runs do their MMAs in fp32.
     dot_dtype = tl.float32 if q.device.type == "cpu" and q.dtype == torch.bfloat16 else _TL_DTYPES[q.dtype]
     _paged_attention_kernel[(q_tiles * num_splits, num_kv_heads, meta.num_requests)](
         q, k, v, out, positions, k_cache, v_cache, meta.cu_seqlens_q, meta.context_lens, table,
-        part_out, part_max, part_sum, arrivals, scale * LOG2E, num_splits,
+        part_out, part_max, part_sum, scale * LOG2E, num_splits,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1), *k_cache.stride()[:3],
         table.stride(0), *part_out.stride()[:3], *part_max.stride()[:2],
         BLOCK_SIZE=meta.block_size, PAGE_SIZE=k_cache.shape[1], GROUP=num_heads // num_kv_heads,
-        GROUP_PAD=triton.next_power_of_2(num_heads // num_kv_heads), HEAD_DIM=head_dim,
+        GROUP_PAD=group_pad, HEAD_DIM=head_dim,
         HEAD_DIM_PAD=padded_head_dim(head_dim), HAS_CACHE=has_cache,
         SPLIT_KV=num_splits > 1, DOT_DTYPE=dot_dtype, DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
         **shape)
-    if num_splits > 1 and not shape["FUSED_COMBINE"]:
+    if num_splits > 1:
         _combine_splits_kernel[(total_rows, num_heads)](
             part_out, part_max, part_sum, out, positions, num_splits, *part_out.stride()[:3],
             *part_max.stride()[:2], out.stride(0), out.stride(1),
