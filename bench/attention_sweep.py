@@ -38,16 +38,13 @@ def main() -> None:
                         help="query tokens per tile to sweep instead (64-key tiles, 4/8 warps, 2/3 stages): "
                              "short tiles give split grids more, lighter programs that read each key tile from "
                              "L2 more than once")
-    parser.add_argument("--warp-specialize", choices=sorted(PREFETCH), default="off",
-                        help="the cached-key loop with Triton's warp specialisation (producer/consumer warps)")
     options = parser.parse_args()
     cases = [tuple(int(x) for x in case.split("x")) for case in options.cases.split(",")]
     shapes = QUICK_TILES if options.quick else TILES
     if options.block_q:
         shapes = [dict(BLOCK_Q=int(bq), BLOCK_N=64, num_warps=w, num_stages=s)
                   for bq, w, s in itertools.product(options.block_q.split(","), (4, 8), (2, 3))]
-    tiles = [{**tile, "PREFETCH_PAGES": p, "WARP_SPECIALIZE": w} for tile in shapes
-             for p, w in itertools.product(PREFETCH[options.prefetch], PREFETCH[options.warp_specialize])]
+    tiles = [{**tile, "PREFETCH_PAGES": p} for tile in shapes for p in PREFETCH[options.prefetch]]
     copy_rate = copy_bandwidth()
     torch.cuda.empty_cache()
     print(f"# attention sweep on {torch.cuda.get_device_name()}, copy bandwidth {copy_rate / 1e12:.2f} TB/s")

@@ -2,7 +2,7 @@
 # One GPU session (see docs/benchmarks.md), in parts that each fit one device call: logs land in $OUT.
 # Measured on the H100 machine: tests ~140 s, kernels ~70 s, serve ~300 s, quicksweep ~200 s, sweep more than 400 s.
 # Usage: bash bench/gpu_session.sh [tests] [kernels] [serve] [servevaried] [servepinned] [stepgap] [sweep] [quicksweep]
-#        [shorttiles] [warpspec] [servesteps]   (no argument: tests kernels serve)
+#        [shorttiles] [servesteps]   (no argument: tests kernels serve)
 # Missing Python packages travel as wheels in .whl/ (see the device notes); run from the repository root.
 set -o pipefail
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/dlx-gpu-out}
@@ -50,9 +50,6 @@ for part in $parts; do
     shorttiles)    # split grids with short query tiles (more, lighter programs) against the current launch
       timeout 240 python3 bench/attention_sweep.py --block-q 4,8,16 --cases 8x4096,8x8192,1x4096,1x8192 \
         --prefetch on --top 6 2>&1 | tee "$OUT/short_tiles.md" ;;
-    warpspec)      # Triton's warp specialisation of the cached-key loop
-      timeout 200 python3 bench/attention_sweep.py --block-q 32 --cases 8x4096,64x4096 --prefetch on \
-        --warp-specialize both --top 6 2>&1 | tee "$OUT/warp_specialize.md" ;;
     servesteps)    # answers that last 32-96 steps (one token a forward), as LLaDA2.0-mini's last 100-400
       timeout 200 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 24 --max-tokens 32 \
         --max-tokens-to 96 --accept-threshold 1.0 --concurrency 1 --kv-pages 8192 --max-model-len 1024 --rounds 3 \
@@ -61,7 +58,7 @@ for part in $parts; do
         --max-tokens-to 96 --accept-threshold 1.0 --concurrency 32 --kv-pages 8192 --max-model-len 1024 --rounds 3 \
         --port 18326 2>&1 | tail -n 20 | tee "$OUT/serve_steps_c32.md" ;;
     *) echo "unknown part $part (tests kernels serve servevaried servepinned stepgap sweep quicksweep shorttiles"
-       echo "                    warpspec servesteps)"
+       echo "                    servesteps)"
        exit 2 ;;
   esac
 done

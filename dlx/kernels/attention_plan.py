@@ -59,10 +59,8 @@ def tile_shape(group_pad: int, head_dim: int, max_query_len: int, dtype: torch.d
                   max(triton.next_power_of_2(max(max_query_len, 1)), 16 // group_pad, 1))
     big_tile = block_q * group_pad * head_dim >= (32 if wide else 64) * 128
     if wide:
-        return dict(BLOCK_Q=block_q, BLOCK_N=16, num_warps=8 if big_tile else 4, num_stages=2, PREFETCH_PAGES=True,
-                    WARP_SPECIALIZE=False)
-    return dict(BLOCK_Q=block_q, BLOCK_N=64, num_warps=8 if big_tile else 4, num_stages=3, PREFETCH_PAGES=True,
-                WARP_SPECIALIZE=False)
+        return dict(BLOCK_Q=block_q, BLOCK_N=16, num_warps=8 if big_tile else 4, num_stages=2, PREFETCH_PAGES=True)
+    return dict(BLOCK_Q=block_q, BLOCK_N=64, num_warps=8 if big_tile else 4, num_stages=3, PREFETCH_PAGES=True)
 
 
 def split_tile_shape(shape: dict, group_pad: int, head_dim: int) -> dict:

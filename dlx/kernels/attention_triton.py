@@ -18,17 +18,47 @@ _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.floa
 
 @triton.jit
 def _online_softmax_step(q, keys, values, visible, acc, row_max, row_sum, qk_scale,
-                         DOT_PRECISION: tl.constexpr):
-    """Fold one key tile into the running (max, sum, acc) of every query row; scores in log2 units."""
-    scores = tl.dot(q, tl.trans(keys.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
-    scores = tl.where(visible, scores, float("-inf"))
-    new_max = tl.maximum(row_max, tl.max(scores, 1))
+                         DOT_PRECISION: tl.constexpr, MASKED: tl.constexpr):
+    """Fold one key tile into the running (max, sum, acc) of every query row; maxima in log2 units. The scale
+    is applied inside the exponent (one fused multiply-add a score); `visible` is read only when MASKED."""
+    scores = tl.dot(q, tl.trans(keys.to(q.dtype)), input_precision=DOT_PRECISION)
+    if MASKED:
+        scores = tl.where(visible, scores, float("-inf"))
+    new_max = tl.maximum(row_max, tl.max(scores, 1) * qk_scale)
     correction = tl.exp2(row_max - new_max)
-    probs = tl.exp2(scores - new_max[:, None])
+    probs = tl.exp2(scores * qk_scale - new_max[:, None])
     row_sum = row_sum * correction + tl.sum(probs, 1)
     acc = acc * correction[:, None] + tl.dot(probs.to(q.dtype), values.to(q.dtype),
                                              input_precision=DOT_PRECISION)
     return acc, new_max, row_sum
+
+
+@triton.jit
+def _cached_tile(q, acc, row_max, row_sum, next_pages, key_start, key_hi, table_row, k_cache_ptr, v_cache_ptr,
+                 kv_head, stride_cp, stride_cs, stride_ch, qk_scale, offs_n, offs_d, d_ok, PAGE_SIZE: tl.constexpr,
+                 BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, PREFETCH_PAGES: tl.constexpr,
+                 MASKED: tl.constexpr):
+    """One tile of cached keys read through the page table. Only the range's last tile can be ragged: whole
+    tiles run without the key mask (fewer instructions a tile, and loads that need no predicate)."""
+    key_index = key_start + offs_n
+    key_ok = key_index < key_hi
+    if PREFETCH_PAGES:
+        page = next_pages.to(tl.int64)
+        next_pages = tl.load(table_row + (key_index + BLOCK_N) // PAGE_SIZE, mask=key_index + BLOCK_N < key_hi,
+                             other=0)
+    else:
+        page = tl.load(table_row + key_index // PAGE_SIZE, mask=key_ok, other=0).to(tl.int64)
+    in_page = key_index % PAGE_SIZE
+    offsets = (page * stride_cp + in_page * stride_cs + kv_head * stride_ch)[:, None] + offs_d[None, :]
+    if MASKED:
+        keys = tl.load(k_cache_ptr + offsets, mask=key_ok[:, None] & d_ok, other=0.0)
+        values = tl.load(v_cache_ptr + offsets, mask=key_ok[:, None] & d_ok, other=0.0)
+    else:
+        keys = tl.load(k_cache_ptr + offsets, mask=d_ok, other=0.0)
+        values = tl.load(v_cache_ptr + offsets, mask=d_ok, other=0.0)
+    acc, row_max, row_sum = _online_softmax_step(q, keys, values, key_ok[None, :], acc, row_max, row_sum,
+                                                 qk_scale, DOT_PRECISION, MASKED)
+    return acc, row_max, row_sum, next_pages
 
 
 # Integers that change with the batch (page-table width, split count, workspace strides) are not
@@ -45,7 +75,7 @@ def _paged_attention_kernel(
         BLOCK_SIZE: tl.constexpr, PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
         BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
         HAS_CACHE: tl.constexpr, SPLIT_KV: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        PREFETCH_PAGES: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+        PREFETCH_PAGES: tl.constexpr):
     """Program (tile*splits + split, kv_head, request): BLOCK_Q query rows x GROUP heads against
     (1) its share of the request's cached keys, read page by page, then (2) for the last split, the
     request's in-flight keys up to the end of the tile's last block, masked by the block rule."""
@@ -89,25 +119,22 @@ def _paged_attention_kernel(
             key_lo = 0
             key_hi = context_len
         table_row = page_table_ptr + request * stride_table
+        next_pages = offs_n   # the page numbers of the coming tile, when PREFETCH_PAGES
         if PREFETCH_PAGES:
             # The page numbers of tile i+1 are loaded while tile i is processed, so a K/V load never
             # waits on its own page-table load (a sweep option: bench/attention_sweep.py).
             next_pages = tl.load(table_row + (key_lo + offs_n) // PAGE_SIZE, mask=key_lo + offs_n < key_hi, other=0)
-        for key_start in tl.range(key_lo, key_hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
-            key_index = key_start + offs_n
-            key_ok = key_index < key_hi
-            if PREFETCH_PAGES:
-                page = next_pages.to(tl.int64)
-                next_pages = tl.load(table_row + (key_index + BLOCK_N) // PAGE_SIZE,
-                                     mask=key_index + BLOCK_N < key_hi, other=0)
-            else:
-                page = tl.load(table_row + key_index // PAGE_SIZE, mask=key_ok, other=0).to(tl.int64)
-            in_page = key_index % PAGE_SIZE
-            offsets = (page * stride_cp + in_page * stride_cs + kv_head * stride_ch)[:, None] + offs_d[None, :]
-            keys = tl.load(k_cache_ptr + offsets, mask=key_ok[:, None] & d_ok, other=0.0)
-            values = tl.load(v_cache_ptr + offsets, mask=key_ok[:, None] & d_ok, other=0.0)
-            acc, row_max, row_sum = _online_softmax_step(q, keys, values, key_ok[None, :], acc, row_max,
-                                                         row_sum, qk_scale, DOT_PRECISION)
+        whole_hi = key_lo + (key_hi - key_lo) // BLOCK_N * BLOCK_N
+        for key_start in range(key_lo, whole_hi, BLOCK_N):
+            acc, row_max, row_sum, next_pages = _cached_tile(
+                q, acc, row_max, row_sum, next_pages, key_start, key_hi, table_row, k_cache_ptr, v_cache_ptr,
+                kv_head, stride_cp, stride_cs, stride_ch, qk_scale, offs_n, offs_d, d_ok, PAGE_SIZE, BLOCK_N,
+                DOT_PRECISION, PREFETCH_PAGES, False)
+        if whole_hi < key_hi:
+            acc, row_max, row_sum, next_pages = _cached_tile(
+                q, acc, row_max, row_sum, next_pages, whole_hi, key_hi, table_row, k_cache_ptr, v_cache_ptr,
+                kv_head, stride_cp, stride_cs, stride_ch, qk_scale, offs_n, offs_d, d_ok, PAGE_SIZE, BLOCK_N,
+                DOT_PRECISION, PREFETCH_PAGES, True)
 
     if split == num_splits - 1:
         # In-flight rows sit at positions context_len + index; the tile's last query sees keys up to
@@ -126,7 +153,7 @@ def _paged_attention_kernel(
             keys = tl.load(k_ptr + offsets, mask=key_real[:, None] & d_ok, other=0.0)
             values = tl.load(v_ptr + offsets, mask=key_real[:, None] & d_ok, other=0.0)
             acc, row_max, row_sum = _online_softmax_step(q, keys, values, visible, acc, row_max,
-                                                         row_sum, qk_scale, DOT_PRECISION)
+                                                         row_sum, qk_scale, DOT_PRECISION, True)
 
     out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
     if SPLIT_KV:

@@ -1,0 +1,225 @@
+"""Triton paged block-diffusion attention, grouped by KV head, with a split-KV (flash-decoding) variant.
+One program serves every query head of a KV group, so each K/V tile it loads is read once per group."""
+import torch
+import triton
+import triton.language as tl
+
+from dlx.kernels.attention import AttentionMetadata
+from dlx.kernels.attention_plan import combine_launch, host_summary, launch_plan, padded_head_dim
+
+LOG2E = 1.4426950408889634
+# A finite "minus infinity" for running maxima: a row that has seen no key yet never computes inf - inf.
+NEG_BIG = tl.constexpr(-1.0e30)
+# What the last split's in-flight tile costs in cached key tiles (its loads depend on the positions load and
+# are not pipelined: 3.5 us against 1.5-2 us a cached tile at 8 requests x 4k, docs/benchmarks.md).
+IN_FLIGHT_TILE_COST = tl.constexpr(2)
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@triton.jit
+def _online_softmax_step(q, keys, values, visible, acc, row_max, row_sum, qk_scale,
+                         DOT_PRECISION: tl.constexpr):
+    """Fold one key tile into the running (max, sum, acc) of every query row; scores in log2 units."""
+    scores = tl.dot(q, tl.trans(keys.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
+    scores = tl.where(visible, scores, float("-inf"))
+    new_max = tl.maximum(row_max, tl.max(scores, 1))
+    correction = tl.exp2(row_max - new_max)
+    probs = tl.exp2(scores - new_max[:, None])
+    row_sum = row_sum * correction + tl.sum(probs, 1)
+    acc = acc * correction[:, None] + tl.dot(probs.to(q.dtype), values.to(q.dtype),
+                                             input_precision=DOT_PRECISION)
+    return acc, new_max, row_sum
+
+
+# Integers that change with the batch (page-table width, split count, workspace strides) are not
+# specialised on, so a new batch shape never stalls a step to compile another kernel variant.
+BATCH_DEPENDENT_ARGS = ["num_splits", "stride_table", "stride_pout_split", "stride_pstat_split"]
+
+
+@triton.jit(do_not_specialize=BATCH_DEPENDENT_ARGS)
+def _paged_attention_kernel(
+        q_ptr, k_ptr, v_ptr, out_ptr, positions_ptr, k_cache_ptr, v_cache_ptr, cu_seqlens_ptr,
+        context_lens_ptr, page_table_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, qk_scale, num_splits,
+        stride_qn, stride_qh, stride_kvn, stride_kvh, stride_on, stride_oh, stride_cp, stride_cs, stride_ch,
+        stride_table, stride_pout_split, stride_pout_row, stride_pout_head, stride_pstat_split, stride_pstat_row,
+        BLOCK_SIZE: tl.constexpr, PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+        BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+        HAS_CACHE: tl.constexpr, SPLIT_KV: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        PREFETCH_PAGES: tl.constexpr):
+    """Program (tile*splits + split, kv_head, request): BLOCK_Q query rows x GROUP heads against
+    (1) its share of the request's cached keys, read page by page, then (2) for the last split, the
+    request's in-flight keys up to the end of the tile's last block, masked by the block rule."""
+    tile, split = tl.program_id(0) // num_splits, tl.program_id(0) % num_splits
+    kv_head, request = tl.program_id(1), tl.program_id(2)
+    row_start = tl.load(cu_seqlens_ptr + request).to(tl.int64)
+    query_len = tl.load(cu_seqlens_ptr + request + 1).to(tl.int64) - row_start
+    tile_start = tile * BLOCK_Q
+    if tile_start >= query_len:
+        return
+    context_len = tl.load(context_lens_ptr + request).to(tl.int32)  # int32 keeps key index math cheap
+
+    # Row m of the tile is query (m // GROUP_PAD) and head (m % GROUP_PAD) of the group: adjacent
+    # rows are adjacent heads of one token, contiguous in memory.
+    offs_m = tl.arange(0, BLOCK_Q * GROUP_PAD)
+    query_index = tile_start + offs_m // GROUP_PAD
+    head = kv_head * GROUP + offs_m % GROUP_PAD
+    row_ok = (query_index < query_len) & (offs_m % GROUP_PAD < GROUP)
+    rows = row_start + query_index
+    # Head dims that are not a power of two are padded; for powers of two the mask folds away, so
+    # loads along the head dimension stay unmasked and vectorise.
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    d_ok = ((offs_d < HEAD_DIM) | (HEAD_DIM == HEAD_DIM_PAD))[None, :]
+    q_pos = tl.load(positions_ptr + rows, mask=row_ok, other=-1)
+    q = tl.load(q_ptr + rows[:, None] * stride_qn + head[:, None] * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok, other=0.0).to(DOT_DTYPE)
+    row_max = tl.full([BLOCK_Q * GROUP_PAD], NEG_BIG, tl.float32)
+    row_sum = tl.zeros([BLOCK_Q * GROUP_PAD], tl.float32)
+    acc = tl.zeros([BLOCK_Q * GROUP_PAD, HEAD_DIM_PAD], tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
+
+    if HAS_CACHE:
+        if SPLIT_KV:
+            # Whole tiles per split so only the request's last tile is ragged. The in-flight tile, which
+            # only the last split runs, counts as IN_FLIGHT_TILE_COST tiles of the range to share, so the
+            # last split gets that many fewer cached tiles and ends with the others.
+            chunk = tl.cdiv(tl.cdiv(context_len + IN_FLIGHT_TILE_COST * BLOCK_N, num_splits), BLOCK_N) * BLOCK_N
+            key_lo = tl.minimum(split * chunk, context_len)
+            key_hi = tl.minimum(key_lo + chunk, context_len)
+        else:
+            key_lo = 0
+            key_hi = context_len
+        table_row = page_table_ptr + request * stride_table
+        if PREFETCH_PAGES:
+            # The page numbers of tile i+1 are loaded while tile i is processed, so a K/V load never
+            # waits on its own page-table load (a sweep option: bench/attention_sweep.py).
+            next_pages = tl.load(table_row + (key_lo + offs_n) // PAGE_SIZE, mask=key_lo + offs_n < key_hi, other=0)
+        for key_start in range(key_lo, key_hi, BLOCK_N):
+            key_index = key_start + offs_n
+            key_ok = key_index < key_hi
+            if PREFETCH_PAGES:
+                page = next_pages.to(tl.int64)
+                next_pages = tl.load(table_row + (key_index + BLOCK_N) // PAGE_SIZE,
+                                     mask=key_index + BLOCK_N < key_hi, other=0)
+            else:
+                page = tl.load(table_row + key_index // PAGE_SIZE, mask=key_ok, other=0).to(tl.int64)
+            in_page = key_index % PAGE_SIZE
+            offsets = (page * stride_cp + in_page * stride_cs + kv_head * stride_ch)[:, None] + offs_d[None, :]
+            keys = tl.load(k_cache_ptr + offsets, mask=key_ok[:, None] & d_ok, other=0.0)
+            values = tl.load(v_cache_ptr + offsets, mask=key_ok[:, None] & d_ok, other=0.0)
+            acc, row_max, row_sum = _online_softmax_step(q, keys, values, key_ok[None, :], acc, row_max,
+                                                         row_sum, qk_scale, DOT_PRECISION)
+
+    if split == num_splits - 1:
+        # In-flight rows sit at positions context_len + index; the tile's last query sees keys up to
+        # the end of its block, nothing beyond.
+        last_query = (tl.minimum(tile_start + BLOCK_Q, query_len) - 1).to(tl.int32)
+        block_end = ((context_len + last_query) // BLOCK_SIZE + 1) * BLOCK_SIZE - context_len
+        key_end = tl.minimum(block_end, query_len.to(tl.int32))
+        for key_start in range(0, key_end, BLOCK_N):
+            key_index = key_start + offs_n
+            key_ok = key_index < key_end
+            key_rows = row_start + key_index
+            k_pos = tl.load(positions_ptr + key_rows, mask=key_ok, other=-1)
+            key_real = key_ok & (k_pos >= 0)  # padding rows (position -1) are never read, even as 0 * NaN
+            visible = key_real[None, :] & ((k_pos[None, :] // BLOCK_SIZE) <= (q_pos[:, None] // BLOCK_SIZE))
+            offsets = key_rows[:, None] * stride_kvn + kv_head * stride_kvh + offs_d[None, :]
+            keys = tl.load(k_ptr + offsets, mask=key_real[:, None] & d_ok, other=0.0)
+            values = tl.load(v_ptr + offsets, mask=key_real[:, None] & d_ok, other=0.0)
+            acc, row_max, row_sum = _online_softmax_step(q, keys, values, visible, acc, row_max,
+                                                         row_sum, qk_scale, DOT_PRECISION)
+
+    out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
+    if SPLIT_KV:
+        # The split's own normalised output in the input dtype (half the bytes of fp32 partials, for the
+        # store and the combine's load), its running max and sum in fp32; the combine drops padding rows.
+        split_wide = split.to(tl.int64)  # splits x rows x heads x dim can pass 2**31 elements
+        stat_index = split_wide * stride_pstat_split + rows * stride_pstat_row + head
+        tl.store(part_max_ptr + stat_index, row_max, mask=row_ok)
+        tl.store(part_sum_ptr + stat_index, row_sum, mask=row_ok)
+        out_index = split_wide * stride_pout_split + rows * stride_pout_row + head * stride_pout_head
+        tl.store(part_out_ptr + out_index[:, None] + offs_d[None, :], out.to(part_out_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & d_ok)
+    else:
+        store_ok = (row_ok & (q_pos >= 0))[:, None] & d_ok
+        tl.store(out_ptr + rows[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=store_ok)
+
+
+@triton.jit(do_not_specialize=["num_splits", "stride_pout_split", "stride_pstat_split"])
+def _combine_splits_kernel(part_out_ptr, part_max_ptr, part_sum_ptr, out_ptr, positions_ptr, num_splits,
+                           stride_pout_split, stride_pout_row, stride_pout_head, stride_pstat_split,
+                           stride_pstat_row, stride_on, stride_oh, SPLITS_PAD: tl.constexpr,
+                           HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
+    """One program per (query row, head): merge the splits' (max, sum, normalised output). Every split's
+    partial and the row's position are loaded at once: one memory round trip for the merge, not one a split."""
+    row, head = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    position = tl.load(positions_ptr + row)   # loaded beside the partials: no round trip of its own
+    splits = tl.arange(0, SPLITS_PAD)
+    split_ok = splits < num_splits
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    d_ok = (offs_d < HEAD_DIM) | (HEAD_DIM == HEAD_DIM_PAD)
+    stat_offsets = splits.to(tl.int64) * stride_pstat_split + row * stride_pstat_row + head
+    part_max = tl.load(part_max_ptr + stat_offsets, mask=split_ok, other=NEG_BIG)
+    part_sum = tl.load(part_sum_ptr + stat_offsets, mask=split_ok, other=0.0)
+    out_offsets = splits.to(tl.int64) * stride_pout_split + row * stride_pout_row + head * stride_pout_head
+    part_out = tl.load(part_out_ptr + out_offsets[:, None] + offs_d[None, :],
+                       mask=split_ok[:, None] & d_ok[None, :], other=0.0)
+    # Each split weighs in with its share of the row's softmax mass; empty splits (max NEG_BIG, sum 0) with 0.
+    weight = tl.exp2(part_max - tl.max(part_max, 0)) * part_sum
+    total = tl.sum(weight, 0)
+    out = tl.sum(part_out.to(tl.float32) * weight[:, None], 0) / tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + row * stride_on + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
+             mask=d_ok & (position >= 0))   # padding rows are left alone
+
+
+def _shared_layout(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V are addressed with one set of strides and a contiguous head dimension; views split from a
+    fused QKV and caches allocated together already qualify, anything else is copied."""
+    if first.stride() == second.stride() and first.stride(-1) == 1:
+        return first, second
+    return first.contiguous(), second.contiguous()
+
+
+def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                           k_cache: torch.Tensor | None, v_cache: torch.Tensor | None,
+                           meta: AttentionMetadata, scale: float, *, num_splits: int | None = None,
+                           tile: dict | None = None) -> torch.Tensor:
+    """Same contract as attention_reference. num_splits None picks split-KV by choose_num_splits;
+    1 forces the single-pass kernel, more forces that many splits of the cached range. `tile`
+    overrides launch options (BLOCK_N, num_warps, num_stages): for tuning sweeps."""
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    (k, v), out = _shared_layout(k, v), torch.empty_like(q)
+    max_query_len, max_context_len, total_rows = host_summary(meta)
+    (_, num_heads, head_dim), num_kv_heads = q.shape, k.shape[1]
+    if total_rows == 0:
+        return out
+    has_cache = k_cache is not None and meta.page_tables is not None and max_context_len > 0
+    shape, q_tiles, auto_splits = launch_plan(q, num_kv_heads, meta, has_cache)
+    num_splits = auto_splits if num_splits is None else num_splits
+    if tile:
+        shape = {**shape, **tile}
+        q_tiles = triton.cdiv(max_query_len, shape["BLOCK_Q"])
+    k_cache, v_cache = _shared_layout(k_cache, v_cache) if has_cache else (k[:1, None], v[:1, None])
+    table = meta.page_tables if has_cache else meta.cu_seqlens_q
+    part_out = part_max = part_sum = out  # the single-pass variant never touches these
+    if num_splits > 1:
+        part_out = q.new_empty(num_splits, total_rows, num_heads, head_dim)
+        part_max, part_sum = q.new_empty(2, num_splits, total_rows, num_heads, dtype=torch.float32).unbind(0)
+    # Triton 3.6's interpreter multiplies bf16 as raw uint16 bits, so CPU runs do their MMAs in fp32.
+    dot_dtype = tl.float32 if q.device.type == "cpu" and q.dtype == torch.bfloat16 else _TL_DTYPES[q.dtype]
+    _paged_attention_kernel[(q_tiles * num_splits, num_kv_heads, meta.num_requests)](
+        q, k, v, out, positions, k_cache, v_cache, meta.cu_seqlens_q, meta.context_lens, table,
+        part_out, part_max, part_sum, scale * LOG2E, num_splits,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1), *k_cache.stride()[:3],
+        table.stride(0), *part_out.stride()[:3], *part_max.stride()[:2],
+        BLOCK_SIZE=meta.block_size, PAGE_SIZE=k_cache.shape[1], GROUP=num_heads // num_kv_heads,
+        GROUP_PAD=triton.next_power_of_2(num_heads // num_kv_heads), HEAD_DIM=head_dim,
+        HEAD_DIM_PAD=padded_head_dim(head_dim), HAS_CACHE=has_cache,
+        SPLIT_KV=num_splits > 1, DOT_DTYPE=dot_dtype, DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
+        **shape)
+    if num_splits > 1:
+        _combine_splits_kernel[(total_rows, num_heads)](
+            part_out, part_max, part_sum, out, positions, num_splits, *part_out.stride()[:3],
+            *part_max.stride()[:2], out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, HEAD_DIM_PAD=padded_head_dim(head_dim), **combine_launch(num_splits))
+    return out
