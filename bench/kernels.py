@@ -39,10 +39,9 @@ def time_ms(fn, iters: int = 20, graph: bool = True) -> float:
     return statistics.median(times)
 
 
-def kernel_breakdown(fn, iters: int = 20) -> dict[str, float]:
-    """Median milliseconds the GPU spends in each of fn's kernels per call (profiler timestamps, L2 flushed
-    before each call): what the call costs between neighbouring kernels of a captured forward, without the
-    launch latency that time_ms's events include (several microseconds, most of a one-request call)."""
+def profiled_calls(fn, iters: int = 20) -> list[list[tuple[str, float, float]]]:
+    """(kernel name, start µs, end µs) of each of fn's kernels, per call (profiler timestamps, L2 flushed
+    before each call)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
@@ -57,18 +56,39 @@ def kernel_breakdown(fn, iters: int = 20) -> dict[str, float]:
     calls, current = [], None
     for event in kernels:
         if "fill" in event.name.lower():   # the flush starts the next call
-            current = {}
+            current = []
             calls.append(current)
         elif current is not None:
-            current[event.name] = current.get(event.name, 0.0) + event.time_range.elapsed_us() / 1e3
-    names = {name for call in calls for name in call}
-    return {name: statistics.median(call.get(name, 0.0) for call in calls) for name in sorted(names)}
+            current.append((event.name, event.time_range.start, event.time_range.end))
+    return calls
+
+
+def kernel_breakdown(fn, iters: int = 20) -> dict[str, float]:
+    """Median milliseconds the GPU spends in each of fn's kernels per call: what the call costs between
+    neighbouring kernels of a captured forward, without the launch latency that time_ms's events include
+    (several microseconds, most of a one-request call). A kernel launched early (programmatic dependent
+    launch) counts its wait for its predecessor too."""
+    per_call = []
+    for call in profiled_calls(fn, iters):
+        spent: dict[str, float] = {}
+        for name, start, end in call:
+            spent[name] = spent.get(name, 0.0) + (end - start) / 1e3
+        per_call.append(spent)
+    names = {name for call in per_call for name in call}
+    return {name: statistics.median(call.get(name, 0.0) for call in per_call) for name in sorted(names)}
 
 
 def kernel_ms(fn, iters: int = 20) -> float:
-    """Median GPU milliseconds of fn's kernels per call (see kernel_breakdown)."""
-    breakdown = kernel_breakdown(fn, iters)
-    return sum(breakdown.values()) if breakdown else float("nan")
+    """Median GPU milliseconds per call during which any of fn's kernels runs: the union of their intervals,
+    so a kernel that starts early and waits for its predecessor is not counted twice."""
+    busy = []
+    for call in profiled_calls(fn, iters):
+        total, reach = 0.0, float("-inf")
+        for _, start, end in sorted(call, key=lambda k: k[1]):
+            total += max(0.0, end - max(start, reach))
+            reach = max(reach, end)
+        busy.append(total / 1e3)
+    return statistics.median(busy) if busy else float("nan")
 
 
 def copy_bandwidth() -> float:

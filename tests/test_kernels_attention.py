@@ -7,7 +7,7 @@ from triton_support import DEVICE, import_triton
 
 triton = import_triton()
 
-from dlx.kernels import attention_plan, attention_triton  # noqa: E402  (must follow the interpreter set-up)
+from dlx.kernels import attention_plan, attention_triton, device  # noqa: E402  (must follow the interpreter set-up)
 from dlx.kernels.attention import AttentionMetadata, attention_reference, paged_attention  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}
@@ -181,6 +181,35 @@ def test_page_prefetch_on_and_off_match_reference(splits, prefetch):
     case = make_case([9, 4, 17], [5 * page_size + 3, 0, 11 * page_size - 1], 8, 2, 16, block_size, page_size, seed=11)
     tile = {**attention_plan.tile_shape(4, 16, 17, torch.float32), "BLOCK_N": 16, "PREFETCH_PAGES": prefetch}
     assert_matches_reference(case, num_splits=splits, tile=tile)
+
+
+def test_dependent_launch_needs_a_hopper_gpu():
+    assert not device.overlaps_launches(torch.device("cpu"))
+
+
+@pytest.mark.gpu
+def test_combine_launched_early_matches_plain_launch(monkeypatch):
+    """On sm_90 the combine is launched while the split kernel drains and waits for its partials in-kernel:
+    the same bits as a plain launch, eagerly and through CUDA-graph replays."""
+    case = make_case([32] * 8, [4096, 100, 2048, 31, 4000, 0, 1024, 777], 16, 4, 128, 32, 32, torch.bfloat16, seed=9)
+    monkeypatch.setattr(attention_triton, "overlaps_launches", lambda dev: False)
+    plain = assert_matches_reference(case, num_splits=4)
+    monkeypatch.setattr(attention_triton, "overlaps_launches", device.overlaps_launches)
+    early = attention_triton.paged_attention_triton(*case, num_splits=4)
+    assert device.overlaps_launches(early.device) == (torch.cuda.get_device_capability()[0] >= 9)
+    assert torch.equal(early, plain)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):   # warm-up off the default stream, as graph capture wants
+        attention_triton.paged_attention_triton(*case, num_splits=4)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = attention_triton.paged_attention_triton(*case, num_splits=4)
+    for _ in range(5):
+        captured.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, plain)
 
 
 @pytest.mark.gpu

@@ -5,6 +5,7 @@ import triton
 import triton.language as tl
 
 from dlx.kernels.attention import AttentionMetadata
+from dlx.kernels.device import overlaps_launches
 from dlx.kernels.attention_plan import combine_launch, host_summary, launch_plan, padded_head_dim, split_tile_shape
 
 LOG2E = 1.4426950408889634
@@ -75,10 +76,12 @@ def _paged_attention_kernel(
         BLOCK_SIZE: tl.constexpr, PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
         BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
         HAS_CACHE: tl.constexpr, SPLIT_KV: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        PREFETCH_PAGES: tl.constexpr):
+        PREFETCH_PAGES: tl.constexpr, PDL: tl.constexpr):
     """Program (tile*splits + split, kv_head, request): BLOCK_Q query rows x GROUP heads against
     (1) its share of the request's cached keys, read page by page, then (2) for the last split, the
     request's in-flight keys up to the end of the tile's last block, masked by the block rule."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()   # the combine may be scheduled as soon as SMs free up
     tile, split = tl.program_id(0) // num_splits, tl.program_id(0) % num_splits
     kv_head, request = tl.program_id(1), tl.program_id(2)
     row_start = tl.load(cu_seqlens_ptr + request).to(tl.int64)
@@ -176,10 +179,12 @@ def _paged_attention_kernel(
 def _combine_splits_kernel(part_out_ptr, part_max_ptr, part_sum_ptr, out_ptr, positions_ptr, num_splits,
                            stride_pout_split, stride_pout_row, stride_pout_head, stride_pstat_split,
                            stride_pstat_row, stride_on, stride_oh, SPLITS_PAD: tl.constexpr,
-                           HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
+                           HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, PDL: tl.constexpr):
     """One program per (query row, head): merge the splits' (max, sum, normalised output). Every split's
     partial and the row's position are loaded at once: one memory round trip for the merge, not one a split."""
     row, head = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    if PDL:
+        tl.extra.cuda.gdc_wait()   # launched early: the split kernel's partials are complete past this point
     position = tl.load(positions_ptr + row)   # loaded beside the partials: no round trip of its own
     splits = tl.arange(0, SPLITS_PAD)
     split_ok = splits < num_splits
@@ -234,6 +239,7 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
     if num_splits > 1:
         part_out = q.new_empty(num_splits, total_rows, num_heads, head_dim)
         part_max, part_sum = q.new_empty(2, num_splits, total_rows, num_heads, dtype=torch.float32).unbind(0)
+    pdl = num_splits > 1 and overlaps_launches(q.device)
     # Triton 3.6's interpreter multiplies bf16 as raw uint16 bits, so CPU runs do their MMAs in fp32.
     dot_dtype = tl.float32 if q.device.type == "cpu" and q.dtype == torch.bfloat16 else _TL_DTYPES[q.dtype]
     _paged_attention_kernel[(q_tiles * num_splits, num_kv_heads, meta.num_requests)](
@@ -245,10 +251,11 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         GROUP_PAD=group_pad, HEAD_DIM=head_dim,
         HEAD_DIM_PAD=padded_head_dim(head_dim), HAS_CACHE=has_cache,
         SPLIT_KV=num_splits > 1, DOT_DTYPE=dot_dtype, DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
-        **shape)
+        PDL=pdl, **shape)
     if num_splits > 1:
         _combine_splits_kernel[(total_rows, num_heads)](
             part_out, part_max, part_sum, out, positions, num_splits, *part_out.stride()[:3],
             *part_max.stride()[:2], out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, HEAD_DIM_PAD=padded_head_dim(head_dim), **combine_launch(num_splits))
+            HEAD_DIM=head_dim, HEAD_DIM_PAD=padded_head_dim(head_dim), PDL=pdl, launch_pdl=pdl,
+            **combine_launch(num_splits))
     return out

@@ -1,5 +1,5 @@
-"""What launch planning needs to know about the device: how many SMs a grid has to fill.
-Triton-free, so kernel modules that import Triton lazily can use it on CPU-only machines."""
+"""What launch planning needs to know about the device: how many SMs a grid has to fill, and whether a
+kernel may start while the one before it ends (programmatic dependent launch). Triton-free, so kernel modules that import Triton lazily can use it on CPU-only machines."""
 import functools
 
 import torch
@@ -12,3 +12,10 @@ def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return FALLBACK_SM_COUNT
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.cache
+def overlaps_launches(device: torch.device) -> bool:
+    """Programmatic dependent launch (sm_90 and later): a dependent grid is scheduled while its predecessor
+    drains and waits in-kernel for the predecessor's memory, instead of after it, launch latency included."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
