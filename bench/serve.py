@@ -179,8 +179,8 @@ def main() -> None:
           f"server --admission-wait-ms {args.admission_wait_ms}, "
           f"{'' if args.accept_threshold is None else f'--accept-threshold {args.accept_threshold}, '}"
           f"{inproc[levels[0]]['tokens'] / max(inproc[levels[0]]['nfe'], 1):.2f} tokens a forward "
-          f"({inproc[levels[0]]['nfe'] / args.requests:.1f} steps an answer), {args.frontend_workers or auto_frontend_workers()} "
-          f"frontend workers, {processes} client processes"
+          f"({inproc[levels[0]]['nfe'] / args.requests:.1f} steps an answer), "
+          f"{args.frontend_workers or auto_frontend_workers()} frontend workers, {processes} client processes"
           f"{'' if args.pin_engines is None else f', both engines pinned to CPU {args.pin_engines}'}; "
           f"median of {args.rounds} alternating rounds\n")
     print("| concurrency | path | wall s | requests/s | tokens/s | mean TTFT ms | per-stream tokens/s "

@@ -5,8 +5,8 @@ import triton
 import triton.language as tl
 
 from dlx.kernels.attention import AttentionMetadata
-from dlx.kernels.device import overlaps_launches
 from dlx.kernels.attention_plan import combine_launch, host_summary, launch_plan, padded_head_dim, split_tile_shape
+from dlx.kernels.device import overlaps_launches
 
 LOG2E = 1.4426950408889634
 # A finite "minus infinity" for running maxima: a row that has seen no key yet never computes inf - inf.
@@ -122,7 +122,7 @@ def _paged_attention_kernel(
             key_lo = 0
             key_hi = context_len
         table_row = page_table_ptr + request * stride_table
-        next_pages = offs_n   # the page numbers of the coming tile, when PREFETCH_PAGES
+        next_pages = offs_n   # a stand-in of the right shape; only PREFETCH_PAGES loads and reads it
         if PREFETCH_PAGES:
             # The page numbers of tile i+1 are loaded while tile i is processed, so a K/V load never
             # waits on its own page-table load (a sweep option: bench/attention_sweep.py).
@@ -248,8 +248,7 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1), *k_cache.stride()[:3],
         table.stride(0), *part_out.stride()[:3], *part_max.stride()[:2],
         BLOCK_SIZE=meta.block_size, PAGE_SIZE=k_cache.shape[1], GROUP=num_heads // num_kv_heads,
-        GROUP_PAD=group_pad, HEAD_DIM=head_dim,
-        HEAD_DIM_PAD=padded_head_dim(head_dim), HAS_CACHE=has_cache,
+        GROUP_PAD=group_pad, HEAD_DIM=head_dim, HEAD_DIM_PAD=padded_head_dim(head_dim), HAS_CACHE=has_cache,
         SPLIT_KV=num_splits > 1, DOT_DTYPE=dot_dtype, DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
         PDL=pdl, **shape)
     if num_splits > 1:

@@ -1,5 +1,5 @@
-"""What launch planning needs to know about the device: how many SMs a grid has to fill, and whether a
-kernel may start while the one before it ends (programmatic dependent launch). Triton-free, so kernel modules that import Triton lazily can use it on CPU-only machines."""
+"""What launch planning needs to know about the device: how many SMs a grid has to fill, and whether a kernel
+may start while the one before it ends. Triton-free, so lazily imported kernel modules can use it on CPU."""
 import functools
 
 import torch
