@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels import attention_batch, copy_bandwidth, kernel_breakdown, kernel_ms  # noqa: E402
+from kernels import attention_batch, busy_ms, copy_bandwidth, per_kernel_ms, profiled_calls  # noqa: E402
 
 from dlx.kernels import attention_plan, attention_triton  # noqa: E402
 
@@ -29,10 +29,10 @@ def main() -> None:
         args, bytes_moved = attention_batch(num_requests, context_len, shuffled_pages=not options.contiguous_pages,
                                             new_tokens=options.new_tokens)
         splits = attention_plan.launch_plan(args[0], 4, args[6], cached=True)[2]
-        parts = kernel_breakdown(lambda: attention_triton.paged_attention_triton(*args))
+        calls = profiled_calls(lambda: attention_triton.paged_attention_triton(*args))
         # The combine starts early on sm_90 (programmatic dependent launch) and its time includes that wait:
         # the call's total is the time any of its kernels runs, not the sum.
-        total = kernel_ms(lambda: attention_triton.paged_attention_triton(*args))
+        parts, total = per_kernel_ms(calls), busy_ms(calls)
         for name, ms in parts.items():
             print(f"| {num_requests} | {context_len} | {bytes_moved / 1e6:.1f} | {splits} | {name.strip('_')} "
                   f"| {ms * 1e3:.1f} | {100 * ms / total:.0f}% |")

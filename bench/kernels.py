@@ -63,13 +63,11 @@ def profiled_calls(fn, iters: int = 20) -> list[list[tuple[str, float, float]]]:
     return calls
 
 
-def kernel_breakdown(fn, iters: int = 20) -> dict[str, float]:
-    """Median milliseconds the GPU spends in each of fn's kernels per call: what the call costs between
-    neighbouring kernels of a captured forward, without the launch latency that time_ms's events include
-    (several microseconds, most of a one-request call). A kernel launched early (programmatic dependent
-    launch) counts its wait for its predecessor too."""
+def per_kernel_ms(calls: list[list[tuple[str, float, float]]]) -> dict[str, float]:
+    """Median milliseconds per call in each kernel of profiled_calls' calls. A kernel launched early
+    (programmatic dependent launch) counts its wait for its predecessor too."""
     per_call = []
-    for call in profiled_calls(fn, iters):
+    for call in calls:
         spent: dict[str, float] = {}
         for name, start, end in call:
             spent[name] = spent.get(name, 0.0) + (end - start) / 1e3
@@ -78,17 +76,29 @@ def kernel_breakdown(fn, iters: int = 20) -> dict[str, float]:
     return {name: statistics.median(call.get(name, 0.0) for call in per_call) for name in sorted(names)}
 
 
-def kernel_ms(fn, iters: int = 20) -> float:
-    """Median GPU milliseconds per call during which any of fn's kernels runs: the union of their intervals,
-    so a kernel that starts early and waits for its predecessor is not counted twice."""
+def busy_ms(calls: list[list[tuple[str, float, float]]]) -> float:
+    """Median milliseconds per call during which any of its kernels runs: the union of their intervals, so a
+    kernel that starts early and waits for its predecessor is not counted twice."""
     busy = []
-    for call in profiled_calls(fn, iters):
+    for call in calls:
         total, reach = 0.0, float("-inf")
         for _, start, end in sorted(call, key=lambda k: k[1]):
             total += max(0.0, end - max(start, reach))
             reach = max(reach, end)
         busy.append(total / 1e3)
     return statistics.median(busy) if busy else float("nan")
+
+
+def kernel_breakdown(fn, iters: int = 20) -> dict[str, float]:
+    """Median milliseconds the GPU spends in each of fn's kernels per call: what the call costs between
+    neighbouring kernels of a captured forward, without the launch latency that time_ms's events include
+    (several microseconds, most of a one-request call)."""
+    return per_kernel_ms(profiled_calls(fn, iters))
+
+
+def kernel_ms(fn, iters: int = 20) -> float:
+    """Median GPU milliseconds per call during which any of fn's kernels runs (busy_ms)."""
+    return busy_ms(profiled_calls(fn, iters))
 
 
 def copy_bandwidth() -> float:

@@ -172,14 +172,15 @@ def main() -> None:
               for c in levels}
     inproc = {c: sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2] for c, runs in inproc.items()}
     http = {c: sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2] for c, runs in http.items()}
+    first = inproc[levels[0]]   # decoding is the same on both paths: tokens a forward, steps an answer
     print(f"\nServing benchmark on {card} — model {os.path.basename(os.path.normpath(args.model))}, "
           f"{args.requests} requests × {args.max_tokens}{f'–{args.max_tokens_to}' if args.max_tokens_to else ''} "
           f"tokens, greedy, "
           f"{'open loop (all submitted at once)' if args.open_loop else 'closed loop'}, "
           f"server --admission-wait-ms {args.admission_wait_ms}, "
           f"{'' if args.accept_threshold is None else f'--accept-threshold {args.accept_threshold}, '}"
-          f"{inproc[levels[0]]['tokens'] / max(inproc[levels[0]]['nfe'], 1):.2f} tokens a forward "
-          f"({inproc[levels[0]]['nfe'] / args.requests:.1f} steps an answer), "
+          f"{first['tokens'] / max(first['nfe'], 1):.2f} tokens a forward ({first['nfe'] / args.requests:.1f} "
+          f"steps an answer), "
           f"{args.frontend_workers or auto_frontend_workers()} frontend workers, {processes} client processes"
           f"{'' if args.pin_engines is None else f', both engines pinned to CPU {args.pin_engines}'}; "
           f"median of {args.rounds} alternating rounds\n")

@@ -49,8 +49,8 @@ def engine_counters(url: str) -> dict:
     return out
 
 
-def process_tree(root: int) -> dict[int, tuple[str, float]]:
-    """(command name, CPU seconds so far, user + system) of every process in root's tree, by pid."""
+def tree_cpu_seconds(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each process in root's tree, keyed 'pid command'."""
     tick = os.sysconf("SC_CLK_TCK")
     stats = {}
     for entry in os.listdir("/proc"):
@@ -70,12 +70,7 @@ def process_tree(root: int) -> dict[int, tuple[str, float]]:
             if ppid in tree and pid not in tree:
                 tree.add(pid)
                 grew = True
-    return {pid: stats[pid][1:] for pid in tree if pid in stats}
-
-
-def tree_cpu_seconds(root: int) -> dict[str, float]:
-    """CPU seconds so far of each process in root's tree, keyed 'pid command' for the report."""
-    return {f"{pid} {name}": seconds for pid, (name, seconds) in process_tree(root).items()}
+    return {f"{pid} {stats[pid][1]}": stats[pid][2] for pid in tree if pid in stats}
 
 
 def client_process(url: str, lanes: list[list[tuple[list[int], int]]], start_at: float) -> tuple:

@@ -72,12 +72,16 @@ def split_tile_shape(shape: dict, group_pad: int, head_dim: int) -> dict:
     return {**shape, "BLOCK_Q": shape["BLOCK_Q"] // 2, "num_warps": 4, "num_stages": 3}
 
 
-def launch_plan(q: torch.Tensor, num_kv_heads: int, meta: AttentionMetadata, cached: bool) -> tuple[dict, int, int]:
-    """(tile shape, query tiles per request, automatic split count) of one forward's attention calls."""
+def launch_plan(q: torch.Tensor, num_kv_heads: int, meta: AttentionMetadata, cached: bool,
+                num_splits: int | None = None) -> tuple[dict, int, int]:
+    """(tile shape, query tiles per request, split count) of one forward's attention calls. The split count is
+    choose_num_splits' unless `num_splits` forces one; split grids take split_tile_shape's tiles."""
     max_query_len, max_context_len, _ = host_summary(meta)
     group_pad, head_dim_pad = triton.next_power_of_2(q.shape[1] // num_kv_heads), padded_head_dim(q.shape[2])
     shape = tile_shape(group_pad, head_dim_pad, max_query_len, q.dtype)
-    q_tiles = triton.cdiv(max_query_len, shape["BLOCK_Q"])
-    splits = choose_num_splits(meta.num_requests * num_kv_heads * q_tiles, max_context_len if cached else 0,
-                               sm_count(q.device))
-    return shape, q_tiles, splits
+    if num_splits is None:
+        num_splits = choose_num_splits(meta.num_requests * num_kv_heads * triton.cdiv(max_query_len, shape["BLOCK_Q"]),
+                                       max_context_len if cached else 0, sm_count(q.device))
+    if num_splits > 1:
+        shape = split_tile_shape(shape, group_pad, head_dim_pad)
+    return shape, triton.cdiv(max_query_len, shape["BLOCK_Q"]), num_splits

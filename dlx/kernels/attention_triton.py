@@ -5,7 +5,7 @@ import triton
 import triton.language as tl
 
 from dlx.kernels.attention import AttentionMetadata
-from dlx.kernels.attention_plan import combine_launch, host_summary, launch_plan, padded_head_dim, split_tile_shape
+from dlx.kernels.attention_plan import combine_launch, host_summary, launch_plan, padded_head_dim
 from dlx.kernels.device import overlaps_launches
 
 LOG2E = 1.4426950408889634
@@ -226,13 +226,10 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
     if total_rows == 0:
         return out
     has_cache = k_cache is not None and meta.page_tables is not None and max_context_len > 0
-    shape, q_tiles, auto_splits = launch_plan(q, num_kv_heads, meta, has_cache)
-    num_splits = auto_splits if num_splits is None else num_splits
-    group_pad = triton.next_power_of_2(num_heads // num_kv_heads)
-    if num_splits > 1:
-        shape = split_tile_shape(shape, group_pad, padded_head_dim(head_dim))
-    shape = {**shape, **(tile or {})}
-    q_tiles = triton.cdiv(max_query_len, shape["BLOCK_Q"])
+    shape, q_tiles, num_splits = launch_plan(q, num_kv_heads, meta, has_cache, num_splits)
+    if tile:
+        shape = {**shape, **tile}
+        q_tiles = triton.cdiv(max_query_len, shape["BLOCK_Q"])
     k_cache, v_cache = _shared_layout(k_cache, v_cache) if has_cache else (k[:1, None], v[:1, None])
     table = meta.page_tables if has_cache else meta.cu_seqlens_q
     part_out = part_max = part_sum = out  # the single-pass variant never touches these
@@ -248,7 +245,8 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1), *k_cache.stride()[:3],
         table.stride(0), *part_out.stride()[:3], *part_max.stride()[:2],
         BLOCK_SIZE=meta.block_size, PAGE_SIZE=k_cache.shape[1], GROUP=num_heads // num_kv_heads,
-        GROUP_PAD=group_pad, HEAD_DIM=head_dim, HEAD_DIM_PAD=padded_head_dim(head_dim), HAS_CACHE=has_cache,
+        GROUP_PAD=triton.next_power_of_2(num_heads // num_kv_heads), HEAD_DIM=head_dim,
+        HEAD_DIM_PAD=padded_head_dim(head_dim), HAS_CACHE=has_cache,
         SPLIT_KV=num_splits > 1, DOT_DTYPE=dot_dtype, DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
         PDL=pdl, **shape)
     if num_splits > 1:

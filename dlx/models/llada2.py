@@ -180,7 +180,7 @@ class LLaDA2Model(nn.Module):
         layers' fused qk norm + rotary follows: "naive" (PyTorch) or "triton". The MoE and the attention itself
         (attn_impl) are switched separately."""
         if impl not in KERNEL_IMPLS:
-            raise ValueError(f"unknown kernel impl {impl!r}; expected 'naive' or 'triton'")
+            raise ValueError(f"unknown kernel impl {impl!r}; expected one of {KERNEL_IMPLS}")
         for module in self.modules():
             if isinstance(module, (RMSNorm, RotaryEmbedding)):
                 module.impl = impl
