@@ -21,7 +21,8 @@ TILES = [dict(BLOCK_Q=bq, BLOCK_N=bn, num_warps=w, num_stages=s)
 # whose starts and ends could then overlap (the per-program cost of docs/benchmarks.md).
 QUICK_TILES = ([dict(BLOCK_Q=32, BLOCK_N=n, num_warps=w, num_stages=s)
                 for n, w, s in itertools.product((64, 128), (4, 8), (2, 3, 4))]
-               + [dict(BLOCK_Q=16, BLOCK_N=64, num_warps=w, num_stages=s) for w, s in itertools.product((4, 8), (2, 3))])
+               + [dict(BLOCK_Q=16, BLOCK_N=64, num_warps=w, num_stages=s)
+                  for w, s in itertools.product((4, 8), (2, 3))])
 PREFETCH = {"off": (False,), "on": (True,), "both": (False, True)}
 SPLITS = (1, 2, 3, 4, 8, 16, 32, 64)
 
@@ -33,17 +34,20 @@ def main() -> None:
                         help="requests x context pairs, e.g. 8x4096,8x8192")
     parser.add_argument("--prefetch", choices=sorted(PREFETCH), default="both",
                         help="PREFETCH_PAGES launch option: page numbers loaded one key tile ahead")
-    parser.add_argument("--quick", action="store_true", help=f"only the {len(QUICK_TILES)} launch shapes of QUICK_TILES (the likely winners)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"only the {len(QUICK_TILES)} launch shapes of QUICK_TILES (the likely winners)")
     parser.add_argument("--block-q", default=None, metavar="Q,Q",
-                        help="query tokens per tile to sweep instead (64-key tiles, 4/8 warps, 2/3 stages): "
+                        help="query tokens per tile to sweep instead (--block-n key tiles, 4/8 warps, 2-4 stages): "
                              "short tiles give split grids more, lighter programs that read each key tile from "
                              "L2 more than once")
+    parser.add_argument("--block-n", default="64", metavar="N,N", help="key tiles to sweep with --block-q")
+    parser.add_argument("--splits", default=",".join(map(str, SPLITS)), metavar="S,S", help="split counts to sweep")
     options = parser.parse_args()
     cases = [tuple(int(x) for x in case.split("x")) for case in options.cases.split(",")]
     shapes = QUICK_TILES if options.quick else TILES
     if options.block_q:
-        shapes = [dict(BLOCK_Q=int(bq), BLOCK_N=64, num_warps=w, num_stages=s)
-                  for bq, w, s in itertools.product(options.block_q.split(","), (4, 8), (2, 3))]
+        shapes = [dict(BLOCK_Q=int(bq), BLOCK_N=int(bn), num_warps=w, num_stages=s) for bq, bn, w, s in
+                  itertools.product(options.block_q.split(","), options.block_n.split(","), (4, 8), (2, 3, 4))]
     tiles = [{**tile, "PREFETCH_PAGES": p} for tile in shapes for p in PREFETCH[options.prefetch]]
     copy_rate = copy_bandwidth()
     torch.cuda.empty_cache()
@@ -53,7 +57,7 @@ def main() -> None:
         reference = attention_triton.paged_attention_triton(*args)
         auto_ms = time_ms(lambda: attention_triton.paged_attention_triton(*args), iters=10)
         results = []
-        for tile, splits in itertools.product(tiles, SPLITS):
+        for tile, splits in itertools.product(tiles, [int(s) for s in options.splits.split(",")]):
             if splits * 64 > context_len:   # every split keeps at least one 64-key tile
                 continue
             def run():
@@ -69,7 +73,8 @@ def main() -> None:
         print(f"\n## {num_requests} requests x context {context_len} ({bytes_moved / 1e6:.1f} MB): "
               f"current heuristic {auto_ms:.4f} ms = {100 * bytes_moved / (auto_ms * 1e-3) / copy_rate:.0f}% copy")
         parts = kernel_breakdown(lambda: attention_triton.paged_attention_triton(*args))
-        print("  kernels of the heuristic's launch: " + ", ".join(f"{name} {ms * 1e3:.1f} us" for name, ms in parts.items()))
+        print("  kernels of the heuristic's launch: "
+              + ", ".join(f"{name} {ms * 1e3:.1f} us" for name, ms in parts.items()))
         for ms, splits, tile, error in results[:options.top]:
             busy = kernel_ms(lambda: attention_triton.paged_attention_triton(*args, num_splits=splits, tile=tile))
             print(f"  {ms:.4f} ms  {100 * bytes_moved / (ms * 1e-3) / copy_rate:5.1f}%  kernels {busy:.4f} ms "

@@ -15,10 +15,21 @@ GIB = 1 << 30
 L2_FLUSH_BYTES = 256 << 20  # larger than any current L2, so every timed run starts cold
 
 
-def time_ms(fn, iters: int = 20, graph: bool = True) -> float:
-    """Median milliseconds of fn over iters runs, CUDA events around each run, L2 flushed before each.
-    With graph, fn is captured once and replayed (how the engine runs it): no Python launch overhead."""
-    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+def l2_flush(dirty: bool = False):
+    """A function that evicts the L2. By default it reads 256 MB, leaving the L2 cold and clean, as the
+    kernels before attention or MoE in a forward leave it (they read weights and write little). dirty writes
+    the 256 MB instead: the next kernel then also pays for writing ~50 MB of the flush back to memory (up
+    to 8 us of a 70 us attention call, docs/benchmarks.md)."""
+    buffer = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    words = buffer.view(torch.int64)
+    return buffer.zero_ if dirty else words.max
+
+
+def time_ms(fn, iters: int = 20, graph: bool = True, dirty_l2: bool = False) -> float:
+    """Median milliseconds of fn over iters runs, CUDA events around each run, L2 flushed before each
+    (l2_flush). With graph, fn is captured once and replayed (how the engine runs it): no Python launch
+    overhead."""
+    flush = l2_flush(dirty_l2)
     fn()  # compile / warm up outside the capture
     torch.cuda.synchronize()
     run = fn
@@ -29,7 +40,7 @@ def time_ms(fn, iters: int = 20, graph: bool = True) -> float:
         run = cuda_graph.replay
     times = []
     for _ in range(iters):
-        flush.zero_()
+        flush()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         run()
@@ -39,28 +50,33 @@ def time_ms(fn, iters: int = 20, graph: bool = True) -> float:
     return statistics.median(times)
 
 
-def profiled_calls(fn, iters: int = 20) -> list[list[tuple[str, float, float]]]:
+def profiled_calls(fn, iters: int = 20, dirty_l2: bool = False) -> list[list[tuple[str, float, float]]]:
     """(kernel name, start µs, end µs) of each of fn's kernels, per call (profiler timestamps, L2 flushed
-    before each call)."""
+    before each call as time_ms does)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
-    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+
+    def gpu_kernels(run, repeats: int) -> list:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(repeats):
+                run()
+            torch.cuda.synchronize()
+        return sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+    flush = l2_flush(dirty_l2)
     fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            flush.zero_()
-            fn()
-        torch.cuda.synchronize()
-    kernels = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+    flush_names = {event.name for event in gpu_kernels(flush, 1)}   # the flush's kernels end one call
+
+    def flushed_call() -> None:
+        flush()
+        fn()
     calls, current = [], None
-    for event in kernels:
-        if "fill" in event.name.lower():   # the flush starts the next call
+    for event in gpu_kernels(flushed_call, iters):
+        if event.name in flush_names:
             current = []
             calls.append(current)
         elif current is not None:
             current.append((event.name, event.time_range.start, event.time_range.end))
-    return calls
+    return [call for call in calls if call]   # a flush of several kernels leaves empty calls between them
 
 
 def per_kernel_ms(calls: list[list[tuple[str, float, float]]]) -> dict[str, float]:
@@ -146,12 +162,15 @@ def attention_section(copy_bytes_per_s: float) -> None:
           f"{NEW_TOKENS} new tokens per request, caches cold in L2)")
     print("bandwidth = (cached K+V + new K/V + q + out bytes) / time; % is of the measured copy bandwidth; "
           "triton ms = CUDA events around a graph replay (launch latency included), kernel ms = the kernels' own "
-          "GPU time (profiler)")
+          "GPU time (profiler); L2 cold and clean before each run, dirty-L2 ms with the L2 full of another kernel's "
+          "writes (l2_flush); same-size copy = a device copy moving the call's bytes, the most any kernel of that "
+          "size reaches")
     tiny = torch.zeros(1, device="cuda")
     print(f"timing floor, a one-element add: {time_ms(lambda: tiny.add_(1)):.4f} ms by events, "
           f"{kernel_ms(lambda: tiny.add_(1)):.4f} ms of kernel time")
-    header = ("requests", "context", "MB", "splits", "naive ms", "naive GB/s", "triton ms", "triton TB/s",
-              "% copy", "kernel ms", "% copy, kernel", "1-pass ms", "max |err|")
+    header = ("requests", "context", "MB", "splits", "naive ms", "triton ms", "% copy", "kernel ms",
+              "% copy, kernel", "dirty-L2 ms", "% copy, dirty", "same-size copy ms", "% of same-size copy",
+              "1-pass ms", "max |err|")
     print(" | ".join(f"{h:>10}" for h in header))
     for context_len in (1024, 4096, 8192):
         for num_requests in (1, 8, 64):
@@ -161,16 +180,21 @@ def attention_section(copy_bytes_per_s: float) -> None:
             triton_ms = time_ms(lambda: attention_triton.paged_attention_triton(*args))
             one_pass_ms = time_ms(lambda: attention_triton.paged_attention_triton(*args, num_splits=1))
             busy_ms = kernel_ms(lambda: attention_triton.paged_attention_triton(*args))
-            naive_ms = naive_rate = error = float("nan")
+            dirty_ms = time_ms(lambda: attention_triton.paged_attention_triton(*args), dirty_l2=True)
+            source = torch.empty(bytes_moved // 2, dtype=torch.uint8, device="cuda")
+            target = torch.empty_like(source)
+            copy_ms = time_ms(lambda: target.copy_(source))
+            naive_ms = error = float("nan")
             if num_requests <= 8:  # the reference loops over requests in Python: small cases only
                 naive_ms = time_ms(lambda: attention_reference(*args), iters=5, graph=False)
-                naive_rate = bytes_moved / (naive_ms * 1e-3) / 1e9
                 error = (triton_out.float() - attention_reference(*args).float()).abs().max().item()
-            triton_rate = bytes_moved / (triton_ms * 1e-3)
+
+            def of_copy(ms: float) -> str:
+                return f"{100 * bytes_moved / (ms * 1e-3) / copy_bytes_per_s:.0f}%"
             row = (num_requests, context_len, f"{bytes_moved / 1e6:.1f}", splits, f"{naive_ms:.3f}",
-                   f"{naive_rate:.1f}", f"{triton_ms:.4f}", f"{triton_rate / 1e12:.2f}",
-                   f"{100 * triton_rate / copy_bytes_per_s:.0f}%", f"{busy_ms:.4f}",
-                   f"{100 * bytes_moved / (busy_ms * 1e-3) / copy_bytes_per_s:.0f}%", f"{one_pass_ms:.4f}", f"{error:.2e}")
+                   f"{triton_ms:.4f}", of_copy(triton_ms), f"{busy_ms:.4f}", of_copy(busy_ms), f"{dirty_ms:.4f}",
+                   of_copy(dirty_ms), f"{copy_ms:.4f}", f"{100 * copy_ms / triton_ms:.0f}%", f"{one_pass_ms:.4f}",
+                   f"{error:.2e}")
             print(" | ".join(f"{str(c):>10}" for c in row), flush=True)
 
 
