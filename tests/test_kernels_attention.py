@@ -243,3 +243,23 @@ def test_split_grids_use_half_height_tiles():
     case = make_case([32, 20], [300, 70], 8, 2, 16, 32, 16, torch.bfloat16, seed=4)
     assert attention_plan.split_tile_shape(attention_plan.tile_shape(4, 16, 32, torch.bfloat16), 4, 16)["BLOCK_Q"] == 16
     assert_matches_reference(case, num_splits=3)
+
+
+def test_launch_plan_is_made_once_per_forward(monkeypatch):
+    """Every layer of a forward shares one plan (the first layer's); a caller that overrides a launch option
+    changes its own copy only; another split count or layer shape gets its own plan."""
+    case = make_case([32, 20], [300, 70], 8, 2, 16, 32, 16, torch.bfloat16, seed=4)
+    q, meta = case[0], case[6]
+    planned = []
+    plan = attention_plan._plan
+    monkeypatch.setattr(attention_plan, "_plan", lambda *args: planned.append(args) or plan(*args))
+    first = attention_plan.launch_plan(q, 2, meta, True)
+    first[0]["BLOCK_N"] = 1
+    assert attention_plan.launch_plan(q, 2, meta, True) == plan(q, 2, meta, True, None)
+    assert len(planned) == 1
+    attention_plan.launch_plan(q, 2, meta, True, num_splits=1)
+    attention_plan.launch_plan(q[:, :4], 1, meta, True)
+    assert len(planned) == 3
+    for _ in range(2):   # the kernel's own calls (two layers) reuse the first plan
+        assert_matches_reference(case)
+    assert len(planned) == 3
