@@ -52,7 +52,7 @@ def time_ms(fn, iters: int = 20, graph: bool = True, dirty_l2: bool = False) -> 
 
 def profiled_calls(fn, iters: int = 20, dirty_l2: bool = False) -> list[list[tuple[str, float, float]]]:
     """(kernel name, start µs, end µs) of each of fn's kernels, per call (profiler timestamps, L2 flushed
-    before each call as time_ms does)."""
+    before each call as time_ms does). Calls are told apart by the flush's kernels, which fn must not launch."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -172,6 +172,9 @@ def attention_section(copy_bytes_per_s: float) -> None:
               "% copy, kernel", "dirty-L2 ms", "% copy, dirty", "same-size copy ms", "% of same-size copy",
               "1-pass ms", "max |err|")
     print(" | ".join(f"{h:>10}" for h in header))
+
+    def of_copy(bytes_moved: int, ms: float) -> str:
+        return f"{100 * bytes_moved / (ms * 1e-3) / copy_bytes_per_s:.0f}%"
     for context_len in (1024, 4096, 8192):
         for num_requests in (1, 8, 64):
             args, bytes_moved = attention_batch(num_requests, context_len)
@@ -188,13 +191,10 @@ def attention_section(copy_bytes_per_s: float) -> None:
             if num_requests <= 8:  # the reference loops over requests in Python: small cases only
                 naive_ms = time_ms(lambda: attention_reference(*args), iters=5, graph=False)
                 error = (triton_out.float() - attention_reference(*args).float()).abs().max().item()
-
-            def of_copy(ms: float) -> str:
-                return f"{100 * bytes_moved / (ms * 1e-3) / copy_bytes_per_s:.0f}%"
             row = (num_requests, context_len, f"{bytes_moved / 1e6:.1f}", splits, f"{naive_ms:.3f}",
-                   f"{triton_ms:.4f}", of_copy(triton_ms), f"{busy_ms:.4f}", of_copy(busy_ms), f"{dirty_ms:.4f}",
-                   of_copy(dirty_ms), f"{copy_ms:.4f}", f"{100 * copy_ms / triton_ms:.0f}%", f"{one_pass_ms:.4f}",
-                   f"{error:.2e}")
+                   f"{triton_ms:.4f}", of_copy(bytes_moved, triton_ms), f"{busy_ms:.4f}", of_copy(bytes_moved, busy_ms),
+                   f"{dirty_ms:.4f}", of_copy(bytes_moved, dirty_ms), f"{copy_ms:.4f}",
+                   f"{100 * copy_ms / triton_ms:.0f}%", f"{one_pass_ms:.4f}", f"{error:.2e}")
             print(" | ".join(f"{str(c):>10}" for c in row), flush=True)
 
 
