@@ -66,6 +66,19 @@ class ServerProcess:
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
 
+    def children_running(self, marker: bytes) -> list[int]:
+        """The server's child processes whose command line contains `marker`: b"spawn_main" for the engine
+        workers (multiprocessing spawn), b"launch.py" for gunicorn's forked frontends."""
+        pids = []
+        for pid in self.descendants():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if marker in f.read():
+                        pids.append(pid)
+            except FileNotFoundError:   # the child exited meanwhile
+                continue
+        return pids
+
 
 def sse_events(response) -> list:
     """Parse an SSE body into JSON objects (and the string '[DONE]')."""

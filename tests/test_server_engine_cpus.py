@@ -22,9 +22,7 @@ def test_engine_worker_and_frontends_on_separate_cpus(tiny_dir):
     try:
         out = requests.post(server.url + "/generate", json={"prompt": "hello", "temperature": 0, "max_tokens": 8})
         assert out.status_code == 200 and out.json()["finish_reason"] in ("stop", "length")
-        commands = {pid: open(f"/proc/{pid}/cmdline", "rb").read() for pid in server.descendants()}
-        workers = [pid for pid, command in commands.items() if b"spawn_main" in command]
-        frontends = [pid for pid, command in commands.items() if b"launch.py" in command]   # gunicorn's forks
+        workers, frontends = server.children_running(b"spawn_main"), server.children_running(b"launch.py")
         assert len(workers) == 1 and len(frontends) == 2
         assert all(cpus == {engine_cpu} for cpus in thread_cpus(workers[0]))
         for pid in [server.proc.pid, *frontends]:

@@ -95,17 +95,6 @@ def test_idle_server_does_not_spin(server):
     assert used < 0.02 * 5, f"idle server processes used {used:.2f} CPU-seconds in 5 s"
 
 
-def worker_pids(server) -> list[int]:
-    pids = []
-    for pid in server.descendants():
-        try:
-            if b"multiprocessing" in open(f"/proc/{pid}/cmdline", "rb").read():
-                pids.append(pid)
-        except FileNotFoundError:
-            pass
-    return pids
-
-
 def named_semaphores(pid: int) -> list[str]:
     """Named POSIX semaphores a process maps that still have a name in /dev/shm (a killed process leaves
     them). glibc maps a semaphore under a temporary name, so mappings are matched to names by inode."""
@@ -125,7 +114,7 @@ def test_killed_worker_fails_requests_then_recovers(server):
     r = requests.post(server.url + "/generate", json={**LONG, "max_tokens": 200, "stream": True}, stream=True, timeout=120)
     lines = r.iter_lines()
     next(lines)
-    workers = worker_pids(server)
+    workers = server.children_running(b"spawn_main")
     assert workers and all(named_semaphores(pid) == [] for pid in workers), "a SIGKILL would leak these"
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
