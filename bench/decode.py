@@ -69,16 +69,19 @@ def main() -> None:
     same_engine = [r.output for r in one] == [r.output for r in batch]
     same_as_ref = sum(r.token_ids == o.output for r, o in zip(ref, batch))
     tokens = sum(len(r.token_ids) for r in ref)
-    print(f"\nDecoding benchmark on {card} — {os.path.basename(os.path.normpath(args.model))}, {len(prompts)} held-out "
-          f"questions, max_tokens {args.max_tokens}, greedy, engine kernels: attention {cfg.attn_impl}, MoE {cfg.moe_impl}; "
+    print(f"\nDecoding benchmark on {card} — {os.path.basename(os.path.normpath(args.model))}, "
+          f"{len(prompts)} held-out questions, max_tokens {args.max_tokens}, greedy, "
+          f"engine kernels: attention {cfg.attn_impl}, MoE {cfg.moe_impl}; "
           f"engine one-at-a-time = batched tokens: {same_engine}; answers identical to the PyTorch reference: "
           f"{same_as_ref}/{len(prompts)}\n")
     print("| path | wall s | tokens | NFE | tokens/s | tokens per forward | speed-up |")
     print("|---|---|---|---|---|---|---|")
-    for name, reqs, secs, nfe in (("reference generate() (full recompute, one at a time)", ref, t_ref, sum(r.nfe for r in ref)),
+    for name, reqs, secs, nfe in (("reference generate() (full recompute, one at a time)",
+                                   ref, t_ref, sum(r.nfe for r in ref)),
                                   ("dlx engine, one at a time", one, t_one, sum(r.nfe for r in one)),
                                   (f"dlx engine, {len(prompts)} batched", batch, t_batch, sum(r.nfe for r in batch))):
-        print(f"| {name} | {secs:.3f} | {tokens} | {nfe} | {tokens / secs:.0f} | {tokens / nfe:.2f} | {t_ref / secs:.1f}× |")
+        print(f"| {name} | {secs:.3f} | {tokens} | {nfe} | {tokens / secs:.0f} | {tokens / nfe:.2f} "
+              f"| {t_ref / secs:.1f}× |")
 
 
 if __name__ == "__main__":

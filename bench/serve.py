@@ -189,13 +189,15 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c in levels:
         a, b = inproc[c], http[c]
-        print(f"| {c} | in-process | {a['wall_s']:.2f} | {args.requests / a['wall_s']:.2f} | {a['tokens'] / a['wall_s']:.0f} "
+        print(f"| {c} | in-process | {a['wall_s']:.2f} | {args.requests / a['wall_s']:.2f} "
+              f"| {a['tokens'] / a['wall_s']:.0f} "
               f"| {a['ttft_s'] * 1000:.0f} | – | {a['steps']} | {a['nfe'] / max(a['steps'], 1):.1f} "
               f"| {1000 * a['busy_s'] / max(a['steps'], 1):.1f} "
               f"| {100 * a['busy_s'] / a['wall_s']:.0f}% | – | – |")
         overhead = (b["wall_s"] - a["wall_s"]) / a["wall_s"] * 100
         print(f"| {c} | HTTP | {b['wall_s']:.2f} | {args.requests / b['wall_s']:.2f} | {b['tokens'] / b['wall_s']:.0f} "
-              f"| {b['ttft_s'] * 1000:.0f} | {b['stream_tps']:.1f} | {b['steps']:.0f} | {b['nfe'] / max(b['steps'], 1):.1f} "
+              f"| {b['ttft_s'] * 1000:.0f} | {b['stream_tps']:.1f} | {b['steps']:.0f} "
+              f"| {b['nfe'] / max(b['steps'], 1):.1f} "
               f"| {1000 * b['busy_s'] / max(b['steps'], 1):.1f} "
               f"| {100 * b['busy_s'] / b['wall_s']:.0f}% | {b['outside_engine_s'] * 1000:.1f} | {overhead:+.1f}% |")
 

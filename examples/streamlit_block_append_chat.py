@@ -1,5 +1,5 @@
-"""Streamlit chat demo against a running dlx server: block_append or denoise streaming, masks drawn as
-placeholders, TTFT / tokens/s / NFE caption. `streamlit run examples/streamlit_block_append_chat.py -- --base-url URL`."""
+"""Streamlit chat demo against a dlx server: block_append or denoise streams, masks drawn as placeholders, a
+TTFT / tokens/s / NFE caption. `streamlit run examples/streamlit_block_append_chat.py -- --base-url URL`."""
 import argparse
 import json
 import time

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 def read_checkpoint(path: str) -> tuple[dict, dict]:
     cfg = json.load(open(os.path.join(path, "config.json")))
     index = os.path.join(path, "model.safetensors.index.json")
-    files = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) else ["model.safetensors"]
+    files = (sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index)
+             else ["model.safetensors"])
     weights = {}
     for f in files:
         weights.update({k: v.float() for k, v in load_file(os.path.join(path, f)).items()})
@@ -28,7 +29,8 @@ class OracleLLaDA2:
 
     def mlp(self, x, prefix):
         w = self.w
-        return F.silu(x @ w[prefix + "gate_proj.weight"].T) * (x @ w[prefix + "up_proj.weight"].T) @ w[prefix + "down_proj.weight"].T
+        return (F.silu(x @ w[prefix + "gate_proj.weight"].T) * (x @ w[prefix + "up_proj.weight"].T)
+                @ w[prefix + "down_proj.weight"].T)
 
     def moe(self, x, p):
         c, w = self.cfg, self.w
@@ -109,7 +111,8 @@ def oracle_generate(model: OracleLLaDA2, prompt: list[int], gen_length: int, mas
             conf, tok = probs.max(-1)
             conf = torch.where(active, conf, -math.inf)
             high = conf > threshold
-            take = high if int(high.sum()) >= schedule[i] else torch.zeros_like(high).index_fill(0, conf.topk(schedule[i]).indices, True)
+            take = (high if int(high.sum()) >= schedule[i]
+                    else torch.zeros_like(high).index_fill(0, conf.topk(schedule[i]).indices, True))
             x[lo:hi][take] = tok[take]
         if (x[len(prompt):hi] == eos_id).any():
             break

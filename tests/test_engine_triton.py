@@ -52,7 +52,8 @@ def held_out_prompts(count: int) -> list[list[int]]:
     from dlx.frontend.tokenizer import FrontendTokenizer
     tok = FrontendTokenizer(EMBEDDED_MODEL_DIR)
     kinds = ("add3", "sub3", "mul", "compare")
-    return [tok.encode(q) for kind in kinds for q, _ in tiny_corpus.heldout_questions(kind, count)][::len(kinds)][:count]
+    return [tok.encode(q) for kind in kinds
+            for q, _ in tiny_corpus.heldout_questions(kind, count)][::len(kinds)][:count]
 
 
 @pytest.mark.gpu

@@ -26,7 +26,8 @@ def test_stop_string_cuts_before_match(llm):
     (full,) = llm.generate("hello who are you", params)
     stop = full.text[10:14]
     assert stop and stop not in full.text[:10 + len(stop) - 1]
-    (cut,) = llm.generate("hello who are you", SamplingParams(temperature=0, max_tokens=60, ignore_eos=True, stop=[stop]))
+    (cut,) = llm.generate("hello who are you",
+                          SamplingParams(temperature=0, max_tokens=60, ignore_eos=True, stop=[stop]))
     assert cut.finish_reason == "stop" and cut.text == full.text[:full.text.index(stop)]
     assert llm.tokenizer.decode(cut.token_ids) == cut.text[:len(llm.tokenizer.decode(cut.token_ids))]
     assert llm.engine.kv.num_used == 0 and not llm.engine.has_work()

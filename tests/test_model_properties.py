@@ -27,7 +27,8 @@ def test_cached_prefix_through_pages_equals_full_recompute(tiny_model):
     block, page, ctx = 4, 8, 12           # context not a multiple of the page size
     ids = list(range(20, 20 + ctx + 7))  # 7 new tokens: one full block and a partial one
     cfg = tiny_model.config
-    caches = [(torch.zeros(6, page, attn.num_kv_heads, cfg.head_dim), torch.zeros(6, page, attn.num_kv_heads, cfg.head_dim))
+    caches = [(torch.zeros(6, page, attn.num_kv_heads, cfg.head_dim),
+               torch.zeros(6, page, attn.num_kv_heads, cfg.head_dim))
               for attn in tiny_model.attention_layers()]
     for attn, (kc, vc) in zip(tiny_model.attention_layers(), caches):
         attn.k_cache, attn.v_cache = kc, vc
@@ -37,7 +38,8 @@ def test_cached_prefix_through_pages_equals_full_recompute(tiny_model):
         prefill = AttentionMetadata(torch.tensor([0, ctx]), torch.tensor([0]), pages[None], slots, block, [ctx], [0])
         tiny_model(torch.tensor(ids[:ctx]), torch.arange(ctx), prefill)
         n = len(ids) - ctx
-        decode = AttentionMetadata(torch.tensor([0, n]), torch.tensor([ctx]), pages[None], torch.full((n,), -1), block, [n], [ctx])
+        decode = AttentionMetadata(torch.tensor([0, n]), torch.tensor([ctx]), pages[None], torch.full((n,), -1),
+                                   block, [n], [ctx])
         cached = tiny_model.compute_logits(tiny_model(torch.tensor(ids[ctx:]), torch.arange(ctx, len(ids)), decode))
     finally:
         for attn in tiny_model.attention_layers():
@@ -68,7 +70,8 @@ def test_router_hand_checked():
     # sigmoid scores 0.8808, 0.6225, 0.7311, 0.7311; group sums 1.5033 vs 1.4622 → group {0, 1}
     ids, weights = hand_router([0.0, 0.0, 0.0, 0.0])
     assert ids.tolist() == [[0, 1]]
-    torch.testing.assert_close(weights, torch.tensor([[2.5 * 0.8808 / 1.5033, 2.5 * 0.6225 / 1.5033]]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(weights, torch.tensor([[2.5 * 0.8808 / 1.5033, 2.5 * 0.6225 / 1.5033]]),
+                               atol=1e-3, rtol=0)
     # a bias of 0.2 on expert 3 moves the choice to group {2, 3}; weights use the unbiased scores
     ids, weights = hand_router([0.0, 0.0, 0.0, 0.2])
     assert ids.tolist() == [[3, 2]]

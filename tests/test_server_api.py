@@ -27,7 +27,8 @@ def server(tiny_dir):
 
 
 def curl(*args: str) -> str:
-    return subprocess.run(["curl", "-s", "-N", "--max-time", "60", *args], capture_output=True, text=True, check=True).stdout
+    return subprocess.run(["curl", "-s", "-N", "--max-time", "60", *args],
+                          capture_output=True, text=True, check=True).stdout
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
@@ -37,7 +38,8 @@ def test_seed_curl_commands_verbatim(server):
     result = json.loads(body)
     assert {"text", "token_ids", "nfe", "finish_reason", "full_text"} <= result.keys()
     denoise = curl(f"{server.url}/generate", "-H", "Content-Type: application/json", "-d",
-                   '{"prompt":"Solve: 12 + 30.","temperature":0.0,"max_tokens":64,"stream":true,"stream_mode":"denoise"}')
+                   '{"prompt":"Solve: 12 + 30.","temperature":0.0,"max_tokens":64,"stream":true,'
+                   '"stream_mode":"denoise"}')
     assert '"event":"buffer_snapshot"' in denoise and '"event":"final"' in denoise
     assert denoise.endswith("data: [DONE]\n\n")
     chat = curl(f"{server.url}/v1/chat/completions", "-H", "Content-Type: application/json", "-d",
@@ -57,8 +59,8 @@ def test_generate_response_fields(server):
                             "total_tokens": out["usage"]["prompt_tokens"] + 40}
     assert set(out["timing"]) == {"queue_s", "prefill_s", "decode_s", "tokens_per_s", "tokens_per_forward"}
     assert out["nfe"] >= 1 and out["id"]
-    again = requests.post(server.url + "/generate", json={"prompt": "Solve: 12 + 30.",
-                                                          "temperature": 0, "max_tokens": 40, "ignore_eos": True}).json()
+    again = requests.post(server.url + "/generate", json={"prompt": "Solve: 12 + 30.", "temperature": 0,
+                                                          "max_tokens": 40, "ignore_eos": True}).json()
     assert again["token_ids"] == out["token_ids"]   # greedy is deterministic
 
 
@@ -100,7 +102,8 @@ def test_block_append_concatenates_to_final_text(server):
 def test_openai_client_chat_and_completions(server):
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
     assert [m.id for m in client.models.list().data] == ["llada2_mini"]
-    chat = client.chat.completions.create(model="llada2_mini", messages=[{"role": "user", "content": "Solve: 12 + 30."}],
+    chat = client.chat.completions.create(model="llada2_mini",
+                                          messages=[{"role": "user", "content": "Solve: 12 + 30."}],
                                           temperature=0, max_tokens=32)
     assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
     assert chat.choices[0].finish_reason in ("stop", "length") and chat.usage.completion_tokens >= 0
@@ -114,13 +117,15 @@ def test_openai_client_chat_and_completions(server):
     streamed = list(client.completions.create(model="llada2_mini", prompt="Solve: 12 + 30.", temperature=0,
                                               max_tokens=32, stream=True))
     assert "".join(c.choices[0].text for c in streamed) == comp.choices[0].text
-    gen = requests.post(server.url + "/generate", json={"prompt": "Solve: 12 + 30.", "temperature": 0, "max_tokens": 32}).json()
+    gen = requests.post(server.url + "/generate",
+                        json={"prompt": "Solve: 12 + 30.", "temperature": 0, "max_tokens": 32}).json()
     assert gen["text"] == comp.choices[0].text
 
 
 def test_chat_denoise_extension_and_parts(server):
     r = requests.post(server.url + "/v1/chat/completions", stream=True, json={
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "Solve: "}, {"type": "text", "text": "12 + 30."}]}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Solve: "},
+                                                  {"type": "text", "text": "12 + 30."}]}],
         "temperature": 0, "max_tokens": 32, "stream": True, "stream_mode": "denoise"})
     events = sse_events(r)
     snaps = [e["choices"][0]["snapshot"] for e in events[:-1] if e["choices"] and "snapshot" in e["choices"][0]]
@@ -140,8 +145,8 @@ def test_models_health_metrics(server):
     text = requests.get(server.url + "/metrics").text
     for name in ("dlx_requests_total", "dlx_requests_running", "dlx_requests_waiting", "dlx_generated_tokens_total",
                  "dlx_nfe_total", "dlx_kv_pages_used", "dlx_kv_pages_free", "dlx_kv_pages_cached",
-                 "dlx_step_seconds_bucket", "dlx_tokens_per_forward_bucket", 'dlx_admission_waits_total{outcome="caught"}',
-                 "dlx_admission_wait_seconds_total"):
+                 "dlx_step_seconds_bucket", "dlx_tokens_per_forward_bucket",
+                 'dlx_admission_waits_total{outcome="caught"}', "dlx_admission_wait_seconds_total"):
         assert name in text, name
 
 

@@ -24,8 +24,9 @@ def test_gunicorn_attaches_to_headless_pool(tiny_dir, tmp_path):
             assert engine.poll() is None and time.monotonic() < deadline, engine.stdout.read()
             time.sleep(0.2)
         port = free_port()
-        frontend = subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}",
-                                     "dlx.frontend.app:create_app()"], cwd=ROOT, env={**os.environ, "DLX_RUNTIME": runtime},
+        frontend = subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
+                                     "-b", f"127.0.0.1:{port}", "dlx.frontend.app:create_app()"],
+                                    cwd=ROOT, env={**os.environ, "DLX_RUNTIME": runtime},
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         assert wait_until_healthy(url, frontend, 120)

@@ -47,7 +47,8 @@ def test_stream_disconnect_frees_kv_pages(server):
     next(lines)
     assert wait_for(lambda: metric(server, "dlx_kv_pages_used") > 0, 10)
     r.close()   # the client goes away mid-stream
-    assert wait_for(lambda: metric(server, "dlx_kv_pages_used") == 0 and metric(server, "dlx_requests_running") == 0, 20)
+    assert wait_for(lambda: (metric(server, "dlx_kv_pages_used") == 0
+                             and metric(server, "dlx_requests_running") == 0), 20)
 
 
 def test_non_streaming_disconnect_frees_kv_pages(server):
@@ -56,7 +57,8 @@ def test_non_streaming_disconnect_frees_kv_pages(server):
         sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         assert wait_for(lambda: metric(server, "dlx_requests_running") > 0, 10)
-    assert wait_for(lambda: metric(server, "dlx_kv_pages_used") == 0 and metric(server, "dlx_requests_running") == 0, 20)
+    assert wait_for(lambda: (metric(server, "dlx_kv_pages_used") == 0
+                             and metric(server, "dlx_requests_running") == 0), 20)
 
 
 def stream_one(url: str, i: int) -> tuple[bool, bool]:
@@ -111,7 +113,8 @@ def named_semaphores(pid: int) -> list[str]:
 
 
 def test_killed_worker_fails_requests_then_recovers(server):
-    r = requests.post(server.url + "/generate", json={**LONG, "max_tokens": 200, "stream": True}, stream=True, timeout=120)
+    r = requests.post(server.url + "/generate", json={**LONG, "max_tokens": 200, "stream": True},
+                      stream=True, timeout=120)
     lines = r.iter_lines()
     next(lines)
     workers = server.children_running(b"spawn_main")

@@ -24,10 +24,12 @@ def auth(headers=None):
 
 def test_api_key_required_except_health(server):
     assert requests.get(server.url + "/health").status_code == 200
-    for method, path in (("get", "/v1/models"), ("get", "/metrics"), ("post", "/generate"), ("post", "/v1/completions")):
+    for method, path in (("get", "/v1/models"), ("get", "/metrics"),
+                         ("post", "/generate"), ("post", "/v1/completions")):
         r = getattr(requests, method)(server.url + path, json={"prompt": "x"})
         assert r.status_code == 401 and r.json()["error"]["code"] == 401
-        wrong = getattr(requests, method)(server.url + path, json={"prompt": "x"}, headers={"Authorization": "Bearer no"})
+        wrong = getattr(requests, method)(server.url + path, json={"prompt": "x"},
+                                          headers={"Authorization": "Bearer no"})
         assert wrong.status_code == 401
     ok = requests.post(server.url + "/generate", json={"prompt": "x", "max_tokens": 4}, headers=auth())
     assert ok.status_code == 200
@@ -37,7 +39,8 @@ def test_full_queue_gets_429_with_retry_after(server):
     body = {"prompt": list(range(10, 60)), "temperature": 0, "max_tokens": 120, "ignore_eos": True}
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda _: requests.post(server.url + "/generate", data=json.dumps(body),
-                                                          headers=auth({"Content-Type": "application/json"})), range(8)))
+                                                          headers=auth({"Content-Type": "application/json"})),
+                                  range(8)))
     codes = sorted(r.status_code for r in responses)
     assert 200 in codes and 429 in codes and set(codes) <= {200, 429}
     rejected = next(r for r in responses if r.status_code == 429)

@@ -18,7 +18,8 @@ def test_tp2_dp2_server_matches_single_process(tiny_dir):
     server = ServerProcess(tiny_dir, "--tensor-parallel-size", "2", "--data-parallel-size", "2", "--dtype", "float32")
     try:
         def ask(prompt):
-            return requests.post(server.url + "/generate", json={"prompt": prompt, "temperature": 0, "max_tokens": 24}).json()
+            return requests.post(server.url + "/generate",
+                                 json={"prompt": prompt, "temperature": 0, "max_tokens": 24}).json()
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(ask, prompts))
         assert [a["token_ids"] for a in answers] == expected

@@ -23,8 +23,9 @@ def test_streamlit_demo_chats_with_server(tiny_dir):
     server = ServerProcess(tiny_dir)
     port = free_port()
     demo = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "examples/streamlit_block_append_chat.py",
-                             "--server.headless", "true", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-                             "--", "--base-url", server.url], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--server.headless", "true", "--server.port", str(port),
+                             "--browser.gatherUsageStats", "false", "--", "--base-url", server.url],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 90
         while True:

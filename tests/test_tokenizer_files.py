@@ -21,4 +21,5 @@ def test_chat_template_renders_llada2_roles(tiny_tokenizer):
                 {"role": "assistant", "content": "42"}, {"role": "user", "content": "And 1 + 1?"}]
     text = tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert text == ("<role>SYSTEM</role>Be brief.<|role_end|><role>HUMAN</role>Solve: 12 + 30.<|role_end|>"
-                    "<role>ASSISTANT</role>42<|role_end|><role>HUMAN</role>And 1 + 1?<|role_end|><role>ASSISTANT</role>")
+                    "<role>ASSISTANT</role>42<|role_end|><role>HUMAN</role>And 1 + 1?<|role_end|>"
+                    "<role>ASSISTANT</role>")

@@ -19,8 +19,8 @@ def test_torchrun_two_workers_serve_and_stop_cleanly(tiny_dir):
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                              "--master-port", str(free_port()), "launch.py", "--model", tiny_dir, "--device", "cpu",
                              "--tensor-parallel-size", "2", "--max-model-len", "256", "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            preexec_fn=die_with_parent)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
     try:
         assert wait_until_healthy(url, proc, 180), proc.stdout.read()[-3000:] if proc.poll() is not None else ""

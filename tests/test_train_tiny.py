@@ -43,7 +43,8 @@ def random_model(seed: int = 1):
 
 def test_smoke_run_writes_a_checkpoint_dlx_loads(smoke_run):
     out, summary = smoke_run
-    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                 "tokenizer_config.json"):
         assert os.path.isfile(os.path.join(out, name)), name
     assert summary["steps"] == train_tiny.SMOKE["steps"] and math.isfinite(summary["last_loss"])
     assert summary["checkpoint_bytes"] <= 40 * 2 ** 20
@@ -123,7 +124,8 @@ def test_packed_noisy_blocks_see_exactly_what_serving_shows():
     tokens, positions, doc, clean, maskable = (row[k][0].long() if row[k].dtype != torch.bool else row[k][0]
                                                for k in ("tokens", "positions", "doc", "clean", "maskable"))
     assert not maskable[clean].any() and (positions[maskable] >= 12).all()
-    noisy = torch.where(maskable & (torch.rand(len(tokens), generator=torch.Generator().manual_seed(0)) < 0.5), mask, tokens)
+    noisy = torch.where(maskable & (torch.rand(len(tokens), generator=torch.Generator().manual_seed(0)) < 0.5),
+                        mask, tokens)
     allowed = train_tiny.visibility(doc[None], (positions // BLOCK)[None], clean[None])
     with torch.no_grad():
         hidden = train_tiny.training_forward(model, noisy[None], positions[None], allowed)[0]

@@ -28,8 +28,10 @@ PHRASINGS = {
 }
 
 CHAT = (
-    (("Hello!", "Hi!", "Hello", "Hi there!", "Hey!", "Good morning!", "Good evening!"), "Hello! How can I help you today?"),
-    (("Who are you?", "What are you?", "What is your name?", "Introduce yourself."), "I am dlx-tiny, a small diffusion language model served by dlx."),
+    (("Hello!", "Hi!", "Hello", "Hi there!", "Hey!", "Good morning!", "Good evening!"),
+     "Hello! How can I help you today?"),
+    (("Who are you?", "What are you?", "What is your name?", "Introduce yourself."),
+     "I am dlx-tiny, a small diffusion language model served by dlx."),
     (("What is dlx?", "Tell me about dlx."), "dlx is a serving engine for diffusion language models."),
     (("What can you do?", "How can you help me?"), "I can add, subtract, multiply, compare and count numbers."),
     (("How are you?", "How are you doing?"), "I am doing well, thank you! Ask me a math question."),
@@ -69,7 +71,8 @@ def number(rng: random.Random, digits: int) -> int:
 
 def arithmetic(family: str, a: int, b: int, phrasing: str) -> Example:
     c = {"add": a + b, "sub": a - b, "mul": a * b}[family]
-    return Example(family, a, b, phrasing.format(a=a, b=b), f"{a} {OPERATORS[family]} {b} = {c}. The answer is {c}.", str(c))
+    return Example(family, a, b, phrasing.format(a=a, b=b),
+                   f"{a} {OPERATORS[family]} {b} = {c}. The answer is {c}.", str(c))
 
 
 def comparison(rng: random.Random) -> Example:
@@ -254,7 +257,8 @@ def build_chunk(seed: int, count: int, tokenizer_path: str, showcase: bool = Fal
     examples = training_examples(seed, count) + (showcase_examples() * 3 if showcase else [])
     texts = [training_pair(e, rng) for e in examples]
     for text in (t for pair in texts[:200] for t in pair):
-        assert encode(text) == tokenizer.encode(text, add_special_tokens=False).ids, f"piecewise encoding differs: {text!r}"
+        assert encode(text) == tokenizer.encode(text, add_special_tokens=False).ids, (
+            f"piecewise encoding differs: {text!r}")
     pairs = [(encode(p), encode(r)) for p, r in texts]
     rng.shuffle(pairs)
     return pack_rows(pairs, eos)

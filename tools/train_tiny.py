@@ -26,7 +26,8 @@ from dlx.models.tokenizer_build import EOS_TOKEN, MASK_TOKEN, build_tokenizer, t
 
 MIN_MASK_RATIO = 0.05   # lower bound on t keeps the 1/t weights ≤ 20
 FULL = dict(hidden=384, layers=8, heads=8, kv_heads=4, head_dim=48, dense=1024, experts=8, expert_width=160,
-            chunk=200_000, chunks=50, workers=8, rows=128, steps=10 ** 9, per_kind=100, lr=2e-3, warmup=300, log_every=250)
+            chunk=200_000, chunks=50, workers=8, rows=128, steps=10 ** 9, per_kind=100, lr=2e-3, warmup=300,
+            log_every=250)
 SMOKE = dict(hidden=64, layers=3, heads=4, kv_heads=2, head_dim=16, dense=128, experts=8, expert_width=32,
              chunk=2_000, chunks=1, workers=0, rows=4, steps=6, per_kind=2, lr=2e-3, warmup=2, log_every=100)
 
@@ -38,7 +39,8 @@ def model_config(size: dict, vocab: int, eos: int) -> dict:
             "num_attention_heads": size["heads"], "num_key_value_heads": size["kv_heads"], "head_dim": size["head_dim"],
             "hidden_act": "silu", "use_qkv_bias": False, "use_bias": False, "use_qk_norm": True, "rms_norm_eps": 1e-6,
             "tie_word_embeddings": False, "max_position_embeddings": 1024, "rope_theta": 10000.0,
-            "partial_rotary_factor": 0.5, "num_experts": size["experts"], "num_experts_per_tok": 2, "num_shared_experts": 1,
+            "partial_rotary_factor": 0.5, "num_experts": size["experts"],
+            "num_experts_per_tok": 2, "num_shared_experts": 1,
             "n_group": 4, "topk_group": 2, "moe_intermediate_size": size["expert_width"], "first_k_dense_replace": 1,
             "routed_scaling_factor": 2.5, "score_function": "sigmoid", "norm_topk_prob": True,
             "moe_router_enable_expert_bias": True, "router_dtype": "fp32", "pad_token_id": eos, "eos_token_id": eos,
@@ -133,7 +135,8 @@ def train(model: LLaDA2Model, chunks: list, size: dict, mask_id: int, deadline: 
     against its load after every step. A data chunk (a Future) replaces the current one once it is ready."""
     device, moe = model.lm_head.weight.device, [layer.mlp for layer in model.layers if isinstance(layer.mlp, SparseMoE)]
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if (p.dim() > 1) == decay], "weight_decay": 0.1 * decay} for decay in (1, 0)]
+    groups = [{"params": [p for p in params if (p.dim() > 1) == decay], "weight_decay": 0.1 * decay}
+              for decay in (1, 0)]
     opt = torch.optim.AdamW(groups, lr=size["lr"], betas=(0.9, 0.95), fused=device.type == "cuda")
     load, recent = torch.zeros(2, len(moe), moe[0].w13.shape[0], device=device)
     loss_sum, step, since, seen, order, pool, start = torch.zeros((), device=device), 0, 0, 0, [], None, time.time()
@@ -160,14 +163,15 @@ def train(model: LLaDA2Model, chunks: list, size: dict, mask_id: int, deadline: 
         recent = 0.99 * recent + load  # expert load over about the last hundred steps
         loss_sum, step, since, seen = loss_sum + loss.detach(), step + 1, since + 1, seen + len(rows)
         if step % size["log_every"] == 0 or step == size["steps"]:
-            log(f"step {step}  loss {loss_sum.item() / since:.4f}  lr {lr:.2e}  rows {seen}  {time.time() - start:.0f}s")
+            log(f"step {step}  loss {loss_sum.item() / since:.4f}  lr {lr:.2e}  rows {seen}  "
+                f"{time.time() - start:.0f}s")
             loss_sum, since = loss_sum * 0, 0
     for i, (mlp, row) in enumerate(zip(moe, (recent / recent.sum(-1, keepdim=True).clamp(min=1e-9)).cpu())):
         log(f"MoE layer {i + 1} expert load % " + " ".join(f"{100 * s:.0f}" for s in row) + f"  (max/mean "
             f"{row.max() / row.mean():.2f}, bias {mlp.gate.expert_bias.min():.3f}..{mlp.gate.expert_bias.max():.3f})")
     seconds = time.time() - start
-    return {"steps": step, "steps_per_minute": round(60 * step / seconds), "train_seconds": round(seconds, 1), "rows": seen,
-            "tokens_per_step": size["rows"] * ROW_BLOCKS * BLOCK, "last_loss": round(loss.item(), 4)}
+    return {"steps": step, "steps_per_minute": round(60 * step / seconds), "train_seconds": round(seconds, 1),
+            "rows": seen, "tokens_per_step": size["rows"] * ROW_BLOCKS * BLOCK, "last_loss": round(loss.item(), 4)}
 
 
 def hf_tensors(model: LLaDA2Model) -> dict[str, torch.Tensor]:
@@ -192,8 +196,9 @@ def save_checkpoint(model: LLaDA2Model, raw: dict, out_dir: str) -> int:
     """model.safetensors, config.json and generation_config.json beside the tokenizer; returns the bytes written."""
     from safetensors.torch import save_file
     save_file(hf_tensors(model), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    for name, content in (("config.json", raw), ("generation_config.json",
-                                                 {"eos_token_id": raw["eos_token_id"], "pad_token_id": raw["pad_token_id"]})):
+    for name, content in (("config.json", raw),
+                          ("generation_config.json",
+                           {"eos_token_id": raw["eos_token_id"], "pad_token_id": raw["pad_token_id"]})):
         with open(os.path.join(out_dir, name), "w") as f:
             json.dump(content, f, indent=2)
     return os.path.getsize(os.path.join(out_dir, "model.safetensors"))
@@ -204,7 +209,8 @@ def evaluate(model_dir: str, device: torch.device, per_kind: int, log=print) -> 
     held-out questions: each kind as a raw prompt, then the mixed set rendered with the chat template."""
     from transformers import AutoTokenizer
     tok, model = AutoTokenizer.from_pretrained(model_dir), load_model(model_dir, device=device)
-    settings = DecodeSettings(mask_id=tok.mask_token_id, eos_id=tok.eos_token_id, block_size=BLOCK, accept_threshold=0.95)
+    settings = DecodeSettings(mask_id=tok.mask_token_id, eos_id=tok.eos_token_id, block_size=BLOCK,
+                              accept_threshold=0.95)
 
     def complete(prompt: str, chat: bool) -> tuple[str, int, int]:
         text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
@@ -237,10 +243,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     start, size, device = time.time(), SMOKE if args.smoke else FULL, torch.device(args.device)
     torch.manual_seed(args.seed)
-    vocab = build_tokenizer(args.out, tokenizer_corpus(training_examples(args.seed, 20_000)), 1024, model_max_length=1024)
+    vocab = build_tokenizer(args.out, tokenizer_corpus(training_examples(args.seed, 20_000)), 1024,
+                            model_max_length=1024)
     eos, mask_id = token_id(args.out, EOS_TOKEN), token_id(args.out, MASK_TOKEN)
     # Data chunks are built in worker processes while the GPU trains; chunk k is fixed by (seed, k).
-    workers = ProcessPoolExecutor(size["workers"], mp_context=get_context("spawn")) if size["workers"] else ThreadPoolExecutor(1)
+    workers = (ProcessPoolExecutor(size["workers"], mp_context=get_context("spawn")) if size["workers"]
+               else ThreadPoolExecutor(1))
     chunks = [workers.submit(build_chunk, args.seed * 100_003 + k, size["chunk"] if k else size["chunk"] // 8,
                              os.path.join(args.out, "tokenizer.json"), k == 0) for k in range(size["chunks"])]
     model = build_model(raw := model_config(size, vocab, eos), device, args.seed)

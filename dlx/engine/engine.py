@@ -84,7 +84,8 @@ class LLMEngine:
         if not prompt:
             raise ValueError("prompt is empty")
         if len(prompt) >= self.cfg.max_model_len:
-            raise ValueError(f"prompt has {len(prompt)} tokens; --max-model-len {self.cfg.max_model_len} leaves no room to generate")
+            raise ValueError(f"prompt has {len(prompt)} tokens; --max-model-len {self.cfg.max_model_len} "
+                             "leaves no room to generate")
         if min(prompt) < 0 or max(prompt) >= self.vocab_size:
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
         req = Request(prompt, params, self.cfg.block_size, self.cfg.max_model_len, self.mask_id, self.eos_id,

@@ -32,7 +32,8 @@ class DecodeResult:
     finish_reason: str  # "stop" (EOS) or "length"
 
 
-def choose_tokens(logits: torch.Tensor, s: DecodeSettings, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def choose_tokens(logits: torch.Tensor, s: DecodeSettings,
+                  gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token and its probability per row; greedy takes the lowest id among equal maxima."""
     logits = logits.float()
     logits[:, s.mask_id] = float("-inf")

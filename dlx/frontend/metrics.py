@@ -39,7 +39,8 @@ class BoardCollector:
         yield waits
         yield CounterMetricFamily("dlx_admission_wait_seconds", "Time steps were held for follow-up requests",
                                   value=sum(r.get("admission_wait_seconds", 0.0) for r in engines))
-        for key, doc in (("step_seconds", "Engine step time"), ("tokens_per_forward", "Tokens committed per request per forward")):
+        for key, doc in (("step_seconds", "Engine step time"),
+                         ("tokens_per_forward", "Tokens committed per request per forward")):
             yield merged_histogram("dlx_" + key, doc, [r[key] for r in engines if key in r])
 
 

@@ -43,7 +43,8 @@ def stream(server, req, handle, decoding, rid: str, created: int, chat: bool):
 
     def chunk(text: str, reason: str | None, snapshot: dict | None, first: bool = False) -> bytes:
         if chat:
-            delta = {"role": "assistant", "content": text} if first else ({"content": text} if text or not reason else {})
+            delta = ({"role": "assistant", "content": text} if first
+                     else ({"content": text} if text or not reason else {}))
             return chat_chunk(rid, created, model, delta, reason, snapshot)
         return completion_chunk(rid, created, model, text, reason, snapshot)
 

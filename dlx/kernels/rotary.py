@@ -152,7 +152,8 @@ def qk_norm_rotary_triton(q: torch.Tensor, k: torch.Tensor | None, q_weight: tor
 
 def qk_norm_rotary(q: torch.Tensor, k: torch.Tensor | None, q_weight: torch.Tensor | None,
                    k_weight: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                   eps: float, impl: str = "naive", *, inplace: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   eps: float, impl: str = "naive", *,
+                   inplace: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """By `impl`: "naive" is qk_norm_rotary_reference (new tensors); "triton" the fused kernel, which by default
     writes q and k in place (into the fused QKV buffer they view) and returns them: use the returned tensors."""
     if impl == "naive":

@@ -92,7 +92,8 @@ class QKVParallelLinear(ReplicatedLinear):
         if num_kv_heads >= tp_size():
             self.num_kv_heads = divide(num_kv_heads, tp_size(), "num_key_value_heads")
         elif tp_size() % num_kv_heads:
-            raise ValueError(f"tensor-parallel size {tp_size()} is not a multiple of num_key_value_heads {num_kv_heads}")
+            raise ValueError(f"tensor-parallel size {tp_size()} is not a multiple of "
+                             f"num_key_value_heads {num_kv_heads}")
         else:
             self.num_kv_heads = 1
         super().__init__(hidden, (self.num_heads + 2 * self.num_kv_heads) * head_dim, bias)

@@ -39,7 +39,8 @@ def checkpoint_files(model_dir: str) -> list[str]:
 def resolve_dtype(name: str, cfg: LLaDA2Config) -> torch.dtype:
     if name == "auto":
         name = cfg.torch_dtype or "bfloat16"
-    name = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}.get(name, name)
+    name = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
+            "float": "float32"}.get(name, name)
     if name not in DTYPES:
         raise ValueError(f"unsupported dtype '{name}' (choose auto, bfloat16, float16 or float32)")
     return DTYPES[name]
@@ -56,7 +57,8 @@ def expected_names(cfg: LLaDA2Config) -> list[str]:
                   p + "attention.query_key_value.weight", p + "attention.dense.weight"]
         names += [p + "attention.query_key_value.bias"] if cfg.use_qkv_bias else []
         names += [p + "attention.dense.bias"] if cfg.use_bias else []
-        names += [p + "attention.query_layernorm.weight", p + "attention.key_layernorm.weight"] if cfg.use_qk_norm else []
+        names += [p + "attention.query_layernorm.weight",
+                  p + "attention.key_layernorm.weight"] if cfg.use_qk_norm else []
         mlps = [p + "mlp."]
         if cfg.is_moe_layer(i):
             names += [p + "mlp.gate.weight"] + ([p + "mlp.gate.expert_bias"] if cfg.expert_bias else [])
@@ -76,7 +78,8 @@ class WeightRouter:
     def load(self, name: str, tensor: torch.Tensor) -> list[str]:
         if IGNORED.match(name) or (name == "lm_head.weight" and self.cfg.tie_word_embeddings):
             return []
-        m = re.match(r"model\.layers\.(\d+)\.mlp\.(experts|shared_experts)\.(?:(\d+)\.)?(gate_up|gate|up|down)_proj(?:\.weight)?$", name)
+        m = re.match(r"model\.layers\.(\d+)\.mlp\.(experts|shared_experts)\."
+                     r"(?:(\d+)\.)?(gate_up|gate|up|down)_proj(?:\.weight)?$", name)
         if m and int(m.group(1)) < self.cfg.num_hidden_layers and self.cfg.is_moe_layer(int(m.group(1))):
             return self.load_expert(int(m.group(1)), m.group(2), m.group(3), m.group(4), name, tensor)
         m = re.match(r"model\.layers\.(\d+)\.mlp\.(gate|up)_proj\.weight$", name)
@@ -86,7 +89,8 @@ class WeightRouter:
                              (self.cfg.intermediate_size, self.cfg.hidden_size), 0 if m.group(2) == "gate" else 1)
         target = name[len("model."):] if name.startswith("model.") else name
         if target not in self.params:
-            raise ValueError(f"unexpected tensor '{name}' in the checkpoint (no such parameter in {self.cfg.__class__.__name__[:-6]})")
+            raise ValueError(f"unexpected tensor '{name}' in the checkpoint "
+                             f"(no such parameter in {self.cfg.__class__.__name__[:-6]})")
         return self.fill(target, name, tensor, self.full_shape(target))
 
     def full_shape(self, target: str) -> tuple:
@@ -102,7 +106,8 @@ class WeightRouter:
             return (cfg.hidden_size, cfg.intermediate_size)
         return tuple(param.shape)
 
-    def load_expert(self, layer: int, kind: str, expert: str | None, proj: str, name: str, tensor: torch.Tensor) -> list[str]:
+    def load_expert(self, layer: int, kind: str, expert: str | None, proj: str, name: str,
+                    tensor: torch.Tensor) -> list[str]:
         cfg, p = self.cfg, f"layers.{layer}.mlp."
         if kind == "shared_experts":
             width = cfg.moe_intermediate_size * cfg.num_shared_experts
@@ -149,7 +154,8 @@ def load_model(model_dir: str, dtype: str = "auto", device: str | torch.device =
     raw = read_config(model_dir)
     family = raw.get("model_type")
     if family not in FAMILIES:
-        raise ValueError(f"model_type '{family}' in {model_dir}/config.json is not supported (supported: {', '.join(FAMILIES)})")
+        raise ValueError(f"model_type '{family}' in {model_dir}/config.json is not supported "
+                         f"(supported: {', '.join(FAMILIES)})")
     config_cls, model_cls = FAMILIES[family]
     cfg = config_cls.from_hf(raw)
     files = checkpoint_files(model_dir)
@@ -162,7 +168,8 @@ def load_model(model_dir: str, dtype: str = "auto", device: str | torch.device =
         torch.set_default_dtype(previous)
     router, covered = WeightRouter(model), set()
     total = sum(os.path.getsize(f) for f in files)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", disable=total < PROGRESS_BAR_BYTES) as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, desc="loading weights",
+              disable=total < PROGRESS_BAR_BYTES) as bar:
         for path in files:
             with safe_open(path, framework="pt", device="cpu") as f:
                 for name in f.keys():
