@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--splits", default=",".join(map(str, SPLITS)), metavar="S,S", help="split counts to sweep")
     options = parser.parse_args()
     cases = [tuple(int(x) for x in case.split("x")) for case in options.cases.split(",")]
+    split_counts = [int(s) for s in options.splits.split(",")]
     shapes = QUICK_TILES if options.quick else TILES
     if options.block_q:
         shapes = [dict(BLOCK_Q=int(bq), BLOCK_N=int(bn), num_warps=w, num_stages=s) for bq, bn, w, s in
@@ -57,7 +58,7 @@ def main() -> None:
         reference = attention_triton.paged_attention_triton(*args)
         auto_ms = time_ms(lambda: attention_triton.paged_attention_triton(*args), iters=10)
         results = []
-        for tile, splits in itertools.product(tiles, [int(s) for s in options.splits.split(",")]):
+        for tile, splits in itertools.product(tiles, split_counts):
             if splits * 64 > context_len:   # every split keeps at least one 64-key tile
                 continue
             def run():

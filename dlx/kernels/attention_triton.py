@@ -237,6 +237,7 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         part_out = q.new_empty(num_splits, total_rows, num_heads, head_dim)
         part_max, part_sum = q.new_empty(2, num_splits, total_rows, num_heads, dtype=torch.float32).unbind(0)
     pdl = num_splits > 1 and overlaps_launches(q.device)
+    group, head_dim_pad = num_heads // num_kv_heads, padded_head_dim(head_dim)
     # Triton 3.6's interpreter multiplies bf16 as raw uint16 bits, so CPU runs do their MMAs in fp32.
     dot_dtype = tl.float32 if q.device.type == "cpu" and q.dtype == torch.bfloat16 else _TL_DTYPES[q.dtype]
     _paged_attention_kernel[(q_tiles * num_splits, num_kv_heads, meta.num_requests)](
@@ -244,15 +245,14 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         part_out, part_max, part_sum, scale * LOG2E, num_splits,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1), *k_cache.stride()[:3],
         table.stride(0), *part_out.stride()[:3], *part_max.stride()[:2],
-        BLOCK_SIZE=meta.block_size, PAGE_SIZE=k_cache.shape[1], GROUP=num_heads // num_kv_heads,
-        GROUP_PAD=triton.next_power_of_2(num_heads // num_kv_heads), HEAD_DIM=head_dim,
-        HEAD_DIM_PAD=padded_head_dim(head_dim), HAS_CACHE=has_cache,
+        BLOCK_SIZE=meta.block_size, PAGE_SIZE=k_cache.shape[1], GROUP=group,
+        GROUP_PAD=triton.next_power_of_2(group), HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, HAS_CACHE=has_cache,
         SPLIT_KV=num_splits > 1, DOT_DTYPE=dot_dtype, DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
         PDL=pdl, **shape)
     if num_splits > 1:
         _combine_splits_kernel[(total_rows, num_heads)](
             part_out, part_max, part_sum, out, positions, num_splits, *part_out.stride()[:3],
             *part_max.stride()[:2], out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, HEAD_DIM_PAD=padded_head_dim(head_dim), PDL=pdl, launch_pdl=pdl,
+            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, PDL=pdl, launch_pdl=pdl,
             **combine_launch(num_splits))
     return out
