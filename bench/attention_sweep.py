@@ -59,7 +59,7 @@ def main() -> None:
         auto_ms = time_ms(lambda: attention_triton.paged_attention_triton(*args), iters=10)
         results = []
         for tile, splits in itertools.product(tiles, split_counts):
-            if splits * 64 > context_len:   # every split keeps at least one 64-key tile
+            if splits * tile["BLOCK_N"] > context_len:   # every split keeps at least one whole key tile
                 continue
             def run():
                 return attention_triton.paged_attention_triton(*args, num_splits=splits, tile=tile)

@@ -158,19 +158,22 @@ def attention_batch(num_requests: int, context_len: int, dtype: torch.dtype = to
 
 def attention_section(copy_bytes_per_s: float) -> None:
     from dlx.kernels import attention_plan, attention_triton
+    from read_ceiling import read_ceiling_ms   # bench/ is on sys.path when this file runs as a script
     print("\n## paged block-diffusion attention (bf16, 16 q / 4 kv heads, dim 128, page 32, block 32, "
           f"{NEW_TOKENS} new tokens per request, caches cold in L2)")
     print("bandwidth = (cached K+V + new K/V + q + out bytes) / time; % is of the measured copy bandwidth; "
           "triton ms = CUDA events around a graph replay (launch latency included), kernel ms = the kernels' own "
           "GPU time (profiler); L2 cold and clean before each run, dirty-L2 ms with the L2 full of another kernel's "
-          "writes (l2_flush); same-size copy = a device copy moving the call's bytes, the most any kernel of that "
-          "size reaches")
+          "writes (l2_flush); same-size copy = a device copy moving the call's bytes (half read, half written); "
+          "same-size read = a Triton kernel only reading as many bytes (bench/read_ceiling.py), best of three "
+          "tile sizes: the most any kernel of that size reaches")
     tiny = torch.zeros(1, device="cuda")
     print(f"timing floor, a one-element add: {time_ms(lambda: tiny.add_(1)):.4f} ms by events, "
           f"{kernel_ms(lambda: tiny.add_(1)):.4f} ms of kernel time")
     header = ("requests", "context", "MB", "splits", "naive ms", "triton ms", "% copy", "kernel ms",
               "% copy, kernel", "dirty-L2 ms", "% copy, dirty", "same-size copy ms", "% of same-size copy",
-              "1-pass ms", "max |err|")
+              "same-size read ms", "% copy, read", "read kernel ms", "% copy, read kernel", "1-pass ms",
+              "max |err|")
     print(" | ".join(f"{h:>10}" for h in header))
 
     def of_copy(bytes_moved: int, ms: float) -> str:
@@ -187,6 +190,7 @@ def attention_section(copy_bytes_per_s: float) -> None:
             source = torch.empty(bytes_moved // 2, dtype=torch.uint8, device="cuda")
             target = torch.empty_like(source)
             copy_ms = time_ms(lambda: target.copy_(source))
+            read_ms, read_kernel_ms = read_ceiling_ms(bytes_moved, time_ms), read_ceiling_ms(bytes_moved, kernel_ms)
             naive_ms = error = float("nan")
             if num_requests <= 8:  # the reference loops over requests in Python: small cases only
                 naive_ms = time_ms(lambda: attention_reference(*args), iters=5, graph=False)
@@ -195,7 +199,9 @@ def attention_section(copy_bytes_per_s: float) -> None:
                    f"{triton_ms:.4f}", of_copy(bytes_moved, triton_ms), f"{kernel_time_ms:.4f}",
                    of_copy(bytes_moved, kernel_time_ms),
                    f"{dirty_ms:.4f}", of_copy(bytes_moved, dirty_ms), f"{copy_ms:.4f}",
-                   f"{100 * copy_ms / triton_ms:.0f}%", f"{one_pass_ms:.4f}", f"{error:.2e}")
+                   f"{100 * copy_ms / triton_ms:.0f}%", f"{read_ms:.4f}", of_copy(bytes_moved, read_ms),
+                   f"{read_kernel_ms:.4f}", of_copy(bytes_moved, read_kernel_ms),
+                   f"{one_pass_ms:.4f}", f"{error:.2e}")
             print(" | ".join(f"{str(c):>10}" for c in row), flush=True)
 
 
