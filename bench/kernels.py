@@ -190,7 +190,7 @@ def attention_section(copy_bytes_per_s: float) -> None:
             source = torch.empty(bytes_moved // 2, dtype=torch.uint8, device="cuda")
             target = torch.empty_like(source)
             copy_ms = time_ms(lambda: target.copy_(source))
-            read_ms, read_kernel_ms = read_ceiling_ms(bytes_moved, time_ms), read_ceiling_ms(bytes_moved, kernel_ms)
+            read_ms, read_kernel_ms = read_ceiling_ms(bytes_moved, time_ms, kernel_ms)
             naive_ms = error = float("nan")
             if num_requests <= 8:  # the reference loops over requests in Python: small cases only
                 naive_ms = time_ms(lambda: attention_reference(*args), iters=5, graph=False)

@@ -14,15 +14,20 @@ def _read_tiles_kernel(words_ptr, sums_ptr, TILE: tl.constexpr):
     tl.store(sums_ptr + tile, tl.sum(tl.load(words_ptr + offsets), 0))
 
 
-def read_call(num_bytes: int, tile_bytes: int, device: str = "cuda"):
-    """A function that reads num_bytes (rounded up to whole tiles) of a zeroed buffer once."""
-    tile = tile_bytes // 4
+def _read_call(words: torch.Tensor, num_bytes: int, tile_bytes: int):
+    """A function that reads num_bytes of `words`, rounded up to whole tiles of tile_bytes, once."""
     tiles = triton.cdiv(num_bytes, tile_bytes)
-    words = torch.zeros(tiles * tile, dtype=torch.int32, device=device)
-    sums = torch.empty(tiles, dtype=torch.int32, device=device)
-    return lambda: _read_tiles_kernel[(tiles,)](words, sums, TILE=tile, num_warps=4)
+    sums = torch.empty(tiles, dtype=torch.int32, device=words.device)
+    return lambda: _read_tiles_kernel[(tiles,)](words, sums, TILE=tile_bytes // 4, num_warps=4)
 
 
-def read_ceiling_ms(num_bytes: int, timer) -> float:
-    """The fastest time, by `timer` (a function of a callable), of reading num_bytes over TILE_BYTES' tiles."""
-    return min(timer(read_call(num_bytes, tile_bytes)) for tile_bytes in TILE_BYTES)
+def read_ceiling_ms(num_bytes: int, *timers) -> list[float]:
+    """The fastest time, by each of `timers` (functions of a callable: bench/kernels.py's time_ms, kernel_ms),
+    of reading num_bytes over TILE_BYTES' tile sizes. One zeroed buffer, whole tiles of the largest, serves all."""
+    largest = max(TILE_BYTES)
+    words = torch.zeros(triton.cdiv(num_bytes, largest) * largest // 4, dtype=torch.int32, device="cuda")
+    best = [float("inf")] * len(timers)
+    for tile_bytes in TILE_BYTES:
+        run = _read_call(words, num_bytes, tile_bytes)
+        best = [min(fastest, timer(run)) for fastest, timer in zip(best, timers)]
+    return best
