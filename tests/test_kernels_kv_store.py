@@ -41,7 +41,7 @@ def test_store_matches_reference(kv_heads, head_dim, dtype):
 
 def test_store_casts_to_cache_dtype():
     got, expected = run_both(make_store_case(9, 2, 32, 4, 4, torch.float32, torch.bfloat16))
-    # GPUs round fp32 -> bf16 to nearest like torch; Triton 3.6's interpreter truncates (one bf16 ulp).
+    # GPUs round fp32 -> bf16 to nearest like torch; Triton's interpreter (3.6 to 3.9) truncates.
     ulp = 0.0 if ON_GPU else 2.0 ** -7
     for cache, reference in zip(got, expected):
         torch.testing.assert_close(cache.float(), reference.float(), atol=0.0, rtol=ulp)

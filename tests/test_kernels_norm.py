@@ -15,7 +15,7 @@ EPS = 1e-6
 
 
 def round_bf16_like_gpu():
-    """Triton 3.6's interpreter casts fp32 to bf16 by truncation; GPUs and PyTorch round to nearest even.
+    """Triton's interpreter (3.6 to 3.9) casts fp32 to bf16 by truncation; GPUs and PyTorch round to nearest even.
     Patch the interpreter to round, so the kernels' bf16 results can be held to PyTorch's bit for bit where
     the arithmetic agrees. Returns the undo."""
     import triton.language as tl

@@ -200,8 +200,10 @@ def _combine_splits_kernel(part_out_ptr, part_max_ptr, part_sum_ptr, out_ptr, po
     weight = tl.exp2(part_max - tl.max(part_max, 0)) * part_sum
     total = tl.sum(weight, 0)
     out = tl.sum(part_out.to(tl.float32) * weight[:, None], 0) / tl.where(total > 0, total, 1.0)
-    tl.store(out_ptr + row * stride_on + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
-             mask=d_ok & (position >= 0))   # padding rows are left alone
+    # Padding rows are left alone. A branch rather than a mask term: Triton 3.9's interpreter tags a
+    # scalar comparison with its operands' int type and broadcasts it as int, which no store accepts.
+    if position >= 0:
+        tl.store(out_ptr + row * stride_on + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
 def _shared_layout(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,7 +240,7 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         part_max, part_sum = q.new_empty(2, num_splits, total_rows, num_heads, dtype=torch.float32).unbind(0)
     pdl = num_splits > 1 and overlaps_launches(q.device)
     group, head_dim_pad = num_heads // num_kv_heads, padded_head_dim(head_dim)
-    # Triton 3.6's interpreter multiplies bf16 as raw uint16 bits, so CPU runs do their MMAs in fp32.
+    # Triton's interpreter (3.6 to 3.9) multiplies bf16 as raw uint16 bits, so CPU runs do their MMAs in fp32.
     dot_dtype = tl.float32 if q.device.type == "cpu" and q.dtype == torch.bfloat16 else _TL_DTYPES[q.dtype]
     _paged_attention_kernel[(q_tiles * num_splits, num_kv_heads, meta.num_requests)](
         q, k, v, out, positions, k_cache, v_cache, meta.cu_seqlens_q, meta.context_lens, table,

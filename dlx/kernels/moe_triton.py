@@ -162,7 +162,7 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     block_m = tiles["gate_up"]["BLOCK_M"]
     routing = align_by_expert(topk_ids, num_experts, block_m)  # (order, bounds, block_ends, block_experts, num_blocks)
     max_blocks = len(routing[3])
-    # Triton 3.6's interpreter multiplies bf16 as raw uint16 bits, so CPU runs do their MMAs in fp32.
+    # Triton's interpreter (3.6 to 3.9) multiplies bf16 as raw uint16 bits, so CPU runs do their MMAs in fp32.
     dot_dtype = tl.float32 if x.device.type == "cpu" else _TL_DTYPES[x.dtype]
     precision = "ieee" if dot_dtype == tl.float32 else "tf32"
     h = torch.empty(max_blocks * block_m, inter, dtype=x.dtype, device=x.device)
