@@ -15,7 +15,7 @@ from dlx.config import EMBEDDED_MODEL_DIR, Config  # noqa: E402
 from dlx.engine.engine import LLMEngine  # noqa: E402
 from dlx.engine.reference import DecodeSettings, reference_generate  # noqa: E402
 from dlx.engine.runner import configure_kernels  # noqa: E402
-from dlx.engine.sampling_params import SamplingParams  # noqa: E402
+from dlx.params import SamplingParams  # noqa: E402
 from dlx.frontend.tokenizer import FrontendTokenizer  # noqa: E402
 
 

@@ -15,7 +15,7 @@ sys.path.insert(0, ROOT)
 
 from dlx.config import Config, auto_frontend_workers  # noqa: E402
 from dlx.engine.engine import LLMEngine  # noqa: E402
-from dlx.engine.sampling_params import SamplingParams  # noqa: E402
+from dlx.params import SamplingParams  # noqa: E402
 from dlx.workers.affinity import pin_process  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dlx.config import Config  # noqa: E402
 from dlx.engine.engine import LLMEngine  # noqa: E402
-from dlx.engine.sampling_params import SamplingParams  # noqa: E402
+from dlx.params import SamplingParams  # noqa: E402
 from serve import prompts  # noqa: E402  (the serving benchmark's workload)
 
 

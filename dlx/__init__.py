@@ -9,6 +9,6 @@ def __getattr__(name: str):
         from dlx.llm import LLM
         return LLM
     if name == "SamplingParams":
-        from dlx.engine.sampling_params import SamplingParams
+        from dlx.params import SamplingParams
         return SamplingParams
     raise AttributeError(name)

@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from dlx.config import Config
 from dlx.engine.engine import LLMEngine, StepOutput
-from dlx.engine.sampling_params import SamplingParams
+from dlx.params import SamplingParams
 
 
 @dataclass

@@ -7,7 +7,7 @@ import pytest
 from dlx.config import Config
 from dlx.engine.engine import LLMEngine
 from dlx.engine.reference import DecodeSettings, reference_generate
-from dlx.engine.sampling_params import SamplingParams
+from dlx.params import SamplingParams
 
 MAX_LEN = 256
 
@@ -131,3 +131,36 @@ def test_step_metrics(tiny_dir, tiny_model):
     while engine.has_work():
         engine.step()
     assert engine.last_metrics.running == 0 and engine.kv.num_used == 0
+
+
+def test_per_request_threshold_in_one_batch(tiny_dir, tiny_model, references):
+    """Requests with their own thresholds share a batch; each gets the reference's tokens at its threshold
+    (the engine's own --accept-threshold is 0.95 here, and applies to the request that names none)."""
+    engine = make_engine(tiny_dir, tiny_model)
+    prompts = mixed_prompts()[:6]
+    thresholds = [0.8, None, 0.3, 1.0, 0.8, 0.0]
+    reqs = run(engine, prompts, [SamplingParams(temperature=0, max_tokens=48, threshold=t) for t in thresholds])
+    for i, (req, prompt, threshold) in enumerate(zip(reqs, prompts, thresholds)):
+        ref = (references[1][i] if threshold == 0.8 else
+               reference(tiny_model, engine, prompt, 48, accept_threshold=0.95 if threshold is None else threshold))
+        assert (req.output, req.nfe) == (ref.token_ids, ref.nfe)
+    assert len({r.nfe for r in reqs}) > 1
+
+
+def test_outputs_carry_timing(tiny_dir, tiny_model):
+    """The first output of a request has its queue and prefill times; the final one all five, never negative,
+    also when the first forward decides the whole answer."""
+    engine = make_engine(tiny_dir, tiny_model)
+    engine.add_request([5, 6, 7], SamplingParams(temperature=0, max_tokens=1))
+    engine.add_request([5, 6, 8], SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, threshold=1.0))
+    first = engine.step()
+    assert first[0].finished and set(first[0].timing) == {"queue_s", "prefill_s", "decode_s", "tokens_per_s",
+                                                          "tokens_per_forward"}
+    assert not first[1].finished and set(first[1].timing) == {"queue_s", "prefill_s"}
+    last = None
+    while engine.has_work():
+        outputs = engine.step()
+        assert all(out.timing is None for out in outputs if not out.finished)
+        last = outputs[-1]
+    for out in (first[0], last):
+        assert out.finished and min(out.timing.values()) >= 0 and out.timing["tokens_per_forward"] > 0

@@ -2,7 +2,7 @@
 stop strings, streaming snapshots and batch generation."""
 import pytest
 
-from dlx.engine.sampling_params import SamplingParams
+from dlx.params import SamplingParams
 from test_engine import make_engine, mixed_prompts, run
 
 GREEDY = dict(temperature=0, max_tokens=64)

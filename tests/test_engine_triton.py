@@ -7,7 +7,7 @@ import torch
 from dlx.config import Config
 from dlx.engine.engine import LLMEngine
 from dlx.engine.runner import configure_kernels
-from dlx.engine.sampling_params import SamplingParams
+from dlx.params import SamplingParams
 from dlx.models import load_model
 from test_engine import mixed_prompts, run
 from triton_support import DEVICE, ON_GPU, import_triton

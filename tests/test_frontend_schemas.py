@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from dlx.frontend.schemas import (GenerateRequest, RequestError, SamplingOptions, check_prompt_length,
-                                  error_body, parse_chat, parse_completion, parse_generate)
+from dlx.frontend.schemas import (GenerateRequest, RequestError, check_prompt_length, error_body, parse_chat,
+                                  parse_completion, parse_generate)
+from dlx.params import SamplingParams
 
 MAX_LEN = 1000
 VOCAB = 500
@@ -38,7 +39,7 @@ def rejected(parse, body, field) -> RequestError:
 def test_generate_defaults():
     request = generate()
     assert request.kind == "generate" and request.prompt == "hi" and request.prompt_token_ids is None
-    assert request.sampling == SamplingOptions()
+    assert request.sampling == SamplingParams()
     assert request.sampling.max_tokens == 512 and request.sampling.temperature == 1.0
     assert request.sampling.top_p == 1.0 and request.sampling.top_k == 0 and request.sampling.seed is None
     assert request.sampling.stop == [] and request.sampling.stop_token_ids == []
@@ -68,7 +69,7 @@ def test_generate_token_id_prompt_used_as_given():
 
 def test_unknown_fields_and_nulls_are_ignored():
     request = generate(logprobs=5, frobnicate={"x": 1}, max_tokens=None, temperature=None, stream=None, stop=None)
-    assert request.sampling == SamplingOptions() and request.stream is False
+    assert request.sampling == SamplingParams() and request.stream is False
 
 
 def test_single_stop_string_and_duplicates():
@@ -239,14 +240,36 @@ def test_completion_rejects(body, field):
     rejected(parse_completion, body, field)
 
 
-def test_sampling_options_to_dict_is_plain_and_independent():
-    options = generate(stop=["x"], stop_token_ids=[1], seed=5).sampling
+def test_sampling_params_to_dict_is_plain_independent_and_round_trips():
+    options = generate(stop=["x"], stop_token_ids=[1], seed=5, threshold=0.5).sampling
     payload = options.to_dict()
     assert json.loads(json.dumps(payload)) == payload
     assert set(payload) == {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids",
-                            "max_nfe", "max_repetition_run", "ignore_eos", "sampling_mode"}
+                            "max_nfe", "max_repetition_run", "ignore_eos", "sampling_mode", "threshold"}
+    assert SamplingParams.from_dict(payload) == options   # what the engine rebuilds from the ring message
     payload["stop"].append("y")
     assert options.stop == ["x"]
+
+
+@pytest.mark.parametrize("parse", [generate, chat, completion])
+def test_threshold_per_request(parse):
+    assert parse().sampling.threshold is None           # the server's --accept-threshold
+    assert parse(threshold=0).sampling.threshold == 0.0
+    assert parse(threshold=1).sampling.threshold == 1.0 and isinstance(parse(threshold=1).sampling.threshold, float)
+    assert parse(threshold=0.5).sampling.threshold == 0.5
+
+
+@pytest.mark.parametrize("value", [-0.01, 1.01, "0.5", True, float("nan"), [0.5]])
+@pytest.mark.parametrize("parse", [parse_generate, parse_chat, parse_completion])
+def test_threshold_rejected(parse, value):
+    body = {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}], "threshold": value}
+    rejected(parse, body, "threshold")
+
+
+def test_max_completion_tokens_errors_name_the_field_sent():
+    error = rejected(parse_chat, {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0},
+                     "max_completion_tokens")
+    assert "'max_tokens'" not in error.message
 
 
 def test_error_body_and_request_error():

@@ -10,7 +10,7 @@ from triton_support import DEVICE, ON_GPU, import_triton
 triton = import_triton()
 
 from dlx.engine.sampler import Sampler  # noqa: E402  (must follow the interpreter set-up)
-from dlx.engine.sampling_params import SamplingParams  # noqa: E402
+from dlx.params import SamplingParams  # noqa: E402
 from dlx.kernels import sampling  # noqa: E402
 
 

@@ -1,6 +1,7 @@
 """LLMEngine: the step loop that ties scheduler → runner → sampler → postprocess together, plus request
 intake, aborts, per-step outputs (snapshots for streaming) and metrics. Token ids only, no tokenizer."""
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -10,10 +11,10 @@ from dlx.engine.kv_manager import KVCacheManager
 from dlx.engine.request import Request, Status
 from dlx.engine.runner import ModelRunner, fused_impl
 from dlx.engine.sampler import Sampler
-from dlx.engine.sampling_params import SamplingParams
 from dlx.engine.scheduler import Scheduler
 from dlx.models import load_model
 from dlx.models.tokenizer_build import EOS_TOKEN, MASK_TOKEN, token_id
+from dlx.params import SamplingParams
 
 
 @dataclass
@@ -26,6 +27,7 @@ class StepOutput:
     finished: bool
     finish_reason: str | None = None
     output: list[int] | None = None
+    timing: dict | None = None    # queue and prefill times on a request's first output, all of them when finished
 
 
 @dataclass
@@ -100,31 +102,37 @@ class LLMEngine:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
-    def step(self) -> list[StepOutput]:
+    def step(self, on_scheduled: Callable[[], None] | None = None) -> list[StepOutput]:
+        """One forward for the scheduled batch and its commits. on_scheduled runs once the batch is chosen,
+        before the forward (the leader publishes the running count there)."""
         started, started_at = time.perf_counter(), time.monotonic()
         batch = self.scheduler.schedule()
         if not batch:
             return []
+        if on_scheduled is not None:
+            on_scheduled()
         positions = [self.sampler.logit_positions(req) for req in batch]
         logits = self.runner.run(batch, self.scheduler.plans, positions)
         chosen = self.sampler.choose(batch, logits, [len(p) for p in positions])
         committed = [self.sampler.apply(req, pos, *choice) for req, pos, choice in zip(batch, positions, chosen)]
-        self.last_finished = {r.rid: r for r in self.scheduler.postprocess(batch)}
+        first = [req.first_step_done is None for req in batch]
         now = time.monotonic()
-        outputs = []
-        for req in batch:
+        for req in batch:   # stamped before postprocess, so a request finished by this step ends after it
             req.first_scheduled = req.first_scheduled or started_at
             req.first_step_done = req.first_step_done or now
-            outputs.append(self.snapshot(req, req.rid in self.last_finished))
+        self.last_finished = {r.rid: r for r in self.scheduler.postprocess(batch)}
+        outputs = [self.snapshot(req, req.rid in self.last_finished, is_first) for req, is_first in zip(batch, first)]
         self.record_metrics(batch, committed, time.perf_counter() - started)
         return outputs
 
-    def snapshot(self, req: Request, finished: bool) -> StepOutput:
+    def snapshot(self, req: Request, finished: bool, first: bool = False) -> StepOutput:
+        if finished:
+            return StepOutput(req.rid, list(req.output), len(req.output), req.nfe, True, req.finish_reason, req.output,
+                              req.timing())
         end = min(req.gen_end, req.next_block * req.B)
         region = req.tokens[req.prompt_len:end]
-        if finished:
-            return StepOutput(req.rid, list(req.output), len(req.output), req.nfe, True, req.finish_reason, req.output)
-        return StepOutput(req.rid, region, req.stable_len(), req.nfe, False)
+        return StepOutput(req.rid, region, req.stable_len(), req.nfe, False,
+                          timing=req.start_timing() if first else None)
 
     def record_metrics(self, batch: list[Request], committed: list[int], seconds: float) -> None:
         self.last_metrics = StepMetrics(

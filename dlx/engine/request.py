@@ -4,7 +4,7 @@ import enum
 import itertools
 import time
 
-from dlx.engine.sampling_params import SamplingParams
+from dlx.params import SamplingParams
 
 _ids = itertools.count()
 
@@ -151,6 +151,22 @@ class Request:
             if length >= limit:
                 return i + 1
         return None
+
+    # ---- timing (engine clock) -------------------------------------------------------------------------
+    def start_timing(self) -> dict:
+        """Time in the queue and in the first forward, known once that forward is done."""
+        started = self.first_scheduled or self.arrival
+        return {"queue_s": started - self.arrival, "prefill_s": (self.first_step_done or started) - started}
+
+    def timing(self) -> dict:
+        """The whole timing of a finished request; every value finite and >= 0."""
+        timing = self.start_timing()
+        first = self.first_step_done or self.finished_time
+        tokens = len(self.output or ())
+        timing["decode_s"] = self.finished_time - first
+        timing["tokens_per_s"] = tokens / max(timing["prefill_s"] + timing["decode_s"], 1e-9)
+        timing["tokens_per_forward"] = tokens / max(self.nfe, 1)
+        return timing
 
     def finish(self, reason: str, output: list[int]) -> bool:
         self.finish_reason, self.output = reason, list(output)

@@ -90,11 +90,12 @@ class Sampler:
         for row, pos in enumerate(positions):
             by_block.setdefault(pos // req.B, []).append(row)
         filled = 0
+        accept = self.accept if req.params.threshold is None else req.params.threshold
         for b in active:
             rows = by_block.get(b, [])
             masked = [r for r in rows if req.tokens[positions[r]] == self.mask_id]
             need = quota(req.block_steps[b], req.masked_at_start[b], req.steps)
-            confident = [r for r in masked if conf[r] > self.accept]
+            confident = [r for r in masked if conf[r] > accept]
             forced = b == active[0] or before.get(b - 1, 1.0) >= self.semi
             if len(confident) < need and forced:
                 confident = sorted(masked, key=lambda r: (-conf[r], positions[r]))[:need]

@@ -6,8 +6,9 @@ import uuid
 import gevent
 from gevent.queue import Empty, Queue
 
-from dlx.ipc import ChannelSet, IpcError, PeerDead, process_alive
+from dlx.ipc import ChannelSet, IpcError, PeerDead, messages, process_alive
 from dlx.ipc.board import StatusBoard
+from dlx.params import SamplingParams
 
 ENGINE_WAIT_S = 30.0      # how long a new request waits for a restarting engine before a 503
 HEARTBEAT_STALE_S = 10.0
@@ -53,13 +54,13 @@ class EngineClient:
     def board_slot(self) -> int:
         return 1 + self.groups + self.channels[0].index
 
-    def submit(self, prompt: list[int], params: dict) -> RequestHandle:
+    def submit(self, prompt: list[int], params: SamplingParams) -> RequestHandle:
         self.start()
         channel = self.pick_channel()
         handle = RequestHandle(uuid.uuid4().hex, channel)
         self.inflight[handle.rid] = handle
         try:
-            channel.send({"type": "generate", "rid": handle.rid, "prompt": prompt, "params": params}, timeout=10.0)
+            channel.send(messages.generate(handle.rid, prompt, params.to_dict()), timeout=10.0)
         except IpcError as exc:
             self.inflight.pop(handle.rid, None)
             raise EngineUnavailable(f"the engine did not take the request ({exc})") from exc
@@ -95,7 +96,7 @@ class EngineClient:
         handle.done = True
         self.inflight.pop(handle.rid, None)
         try:
-            handle.channel.send({"type": "abort", "rid": handle.rid}, timeout=1.0)
+            handle.channel.send(messages.abort(handle.rid), timeout=1.0)
         except IpcError:
             pass   # the engine is gone; it has forgotten the request already
 
@@ -116,7 +117,7 @@ class EngineClient:
                 continue
             if msg is None:
                 continue
-            for event in msg["events"] if msg.get("type") == "batch" else (msg,):
+            for event in messages.unbatch(msg):
                 handle = self.inflight.get(event.get("rid"))
                 if handle is not None:
                     handle.events.put(event)
@@ -124,7 +125,7 @@ class EngineClient:
     def fail_channel(self, channel, message: str) -> None:
         self.ready_until.pop(self.channels.index(channel), None)
         for handle in [h for h in self.inflight.values() if h.channel is channel]:
-            handle.events.put({"type": "error", "rid": handle.rid, "message": message, "code": 500})
+            handle.events.put(messages.error(handle.rid, message, 500))
             self.inflight.pop(handle.rid, None)
 
     # ---- health and metrics -----------------------------------------------------------------------

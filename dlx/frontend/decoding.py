@@ -1,6 +1,9 @@
 """Turns one request's engine events into text: the denoising buffer, the stable prefix detokenized
 incrementally, stop strings (the frontend holds the tokenizer, so it ends requests on them), the result."""
+import time
+
 from dlx.frontend.detokenizer import IncrementalDetokenizer, find_stop, render_snapshot, safe_prefix_len
+from dlx.ipc.messages import Step
 
 
 class Decoding:
@@ -20,18 +23,22 @@ class Decoding:
         self.token_ids: list[int] = []
         self.text = ""
         self.timing: dict = {}
+        self.first_step_at: float | None = None   # when the first step event arrived (decode time starts)
         self.stopped_by_string = False
 
-    def update(self, msg: dict) -> None:
+    def update(self, msg: Step) -> None:
         """Apply one `step` event."""
         self.region = self.region[:msg["offset"]] + list(msg["tokens"])
         self.stable, self.nfe = msg["stable"], msg["nfe"]
+        if self.first_step_at is None:
+            self.first_step_at = time.monotonic()
+            self.timing = dict(msg.get("timing") or {})   # queue_s and prefill_s, from the engine
         if msg["finished"]:
-            self.finish(self.region, msg["reason"], msg.get("timing", {}))
+            self.finish(self.region, msg["reason"], msg.get("timing") or self.timing)
             return
         self.stable_text += self.detok.push(self.region[:self.stable])
         if self.stops and find_stop(self.stable_text, self.stops, 0) is not None:
-            self.finish(self.region[:self.stable], "stop", {})
+            self.finish(self.region[:self.stable], "stop", self.timing)
             self.stopped_by_string = True
 
     def finish(self, tokens: list[int], reason: str, timing: dict) -> None:
@@ -43,9 +50,19 @@ class Decoding:
             while keep and len(self.tokenizer.decode(tokens[:keep], skip_special_tokens=True)) > cut:
                 keep -= 1
             tokens = tokens[:keep]
-        self.finished, self.finish_reason, self.timing = True, reason, timing
+        self.finished, self.finish_reason = True, reason
         self.token_ids, self.text = list(tokens), text
         self.stable_text = text
+        self.timing = timing if "decode_s" in timing else self.own_timing(timing)
+
+    def own_timing(self, start: dict) -> dict:
+        """The whole timing of a request this frontend ended (a stop string): the engine's queue and prefill
+        times, decode time since the first step event arrived."""
+        queue, prefill = start.get("queue_s", 0.0), start.get("prefill_s", 0.0)
+        decode = time.monotonic() - self.first_step_at if self.first_step_at is not None else 0.0
+        tokens = len(self.token_ids)
+        return {"queue_s": queue, "prefill_s": prefill, "decode_s": decode,
+                "tokens_per_s": tokens / max(prefill + decode, 1e-9), "tokens_per_forward": tokens / max(self.nfe, 1)}
 
     def snapshot_text(self) -> str:
         return render_snapshot(self.tokenizer, self.region, self.mask_id, self.mask_text)

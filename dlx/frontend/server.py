@@ -11,6 +11,7 @@ from dlx.frontend.decoding import Decoding
 from dlx.frontend.schemas import RequestError, check_prompt_length
 from dlx.frontend.sse import SSE_DONE
 from dlx.frontend.tokenizer import FrontendTokenizer
+from dlx.ipc import messages
 
 POLL_S = 0.5
 
@@ -70,8 +71,7 @@ class Server:
     def start(self, req) -> tuple:
         """Submit to the engine and wait for it to accept; returns (handle, decoding, prompt text)."""
         ids, text = self.prompt_ids(req)
-        params = req.sampling.to_dict()
-        handle = self.client.submit(ids, params)
+        handle = self.client.submit(ids, req.sampling)
         if text is None:
             try:
                 text = self.tokenizer.decode(ids)   # while the engine already works on the request
@@ -85,26 +85,28 @@ class Server:
                     self.client.abort(handle)
                     raise ClientGone()
                 continue
-            if msg["type"] == "error":
+            if msg["type"] == messages.ERROR:
                 self.client.finish(handle)
                 raise RequestError(msg["message"], None, msg.get("code", 500),
                                    "overloaded" if msg.get("code") == 429 else
                                    ("invalid_request_error" if msg.get("code", 500) < 500 else "server_error"))
-            if msg["type"] == "accepted":
+            if msg["type"] == messages.ACCEPTED:
                 return handle, Decoding(self.tokenizer, self.mask_id, req.sampling.stop, len(ids)), text
 
     def events(self, handle, decoding: Decoding):
-        """Yield after every engine event until the request is finished; aborts if the client leaves."""
+        """Yield after every engine event until the request is finished; aborts if the client leaves. The
+        connection is checked after every event too: a non-streaming request writes nothing until its end, so
+        nothing else would notice a client that left while steps keep coming."""
         try:
             while not decoding.finished:
                 msg = handle.next_event(POLL_S)
+                if client_gone():
+                    raise ClientGone()
                 if msg is None:
-                    if client_gone():
-                        raise ClientGone()
                     continue
-                if msg["type"] == "error":
+                if msg["type"] == messages.ERROR:
                     raise RuntimeError(msg["message"])
-                if msg["type"] == "step":
+                if msg["type"] == messages.STEP:
                     decoding.update(msg)
                     yield msg
         finally:

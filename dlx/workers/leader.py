@@ -5,17 +5,15 @@ import time
 from collections.abc import Callable
 
 from dlx.engine.engine import LLMEngine, StepOutput
-from dlx.engine.sampling_params import SamplingParams
-from dlx.ipc import ChannelSet, IpcError
+from dlx.ipc import ChannelSet, IpcError, messages
 from dlx.ipc.board import StatusBoard
+from dlx.params import SamplingParams
 from dlx.workers.admission import AdmissionPolicy
 from dlx.workers.metrics import EngineMetrics
 
 IDLE_WAIT_S = 0.5
 SEND_TIMEOUT_S = 10.0
 EVENTS_PER_MESSAGE = 64   # a step's events for one frontend travel together, at most this many per message
-PARAM_KEYS = ("temperature", "top_p", "top_k", "seed", "max_tokens", "stop_token_ids", "max_nfe",
-              "max_repetition_run", "ignore_eos", "sampling_mode")
 
 
 def apply_commands(engine: LLMEngine, commands: list[dict]) -> list[tuple[dict, str | None, int]]:
@@ -23,14 +21,14 @@ def apply_commands(engine: LLMEngine, commands: list[dict]) -> list[tuple[dict, 
     Tensor-parallel followers call this with the same commands, so their engines stay identical."""
     results = []
     for cmd in commands:
-        if cmd["type"] == "abort":
+        if cmd["type"] == messages.ABORT:
             engine.abort(cmd["rid"])
             continue
         if len(engine.scheduler.waiting) >= engine.cfg.max_waiting_requests:
             results.append((cmd, "the server is overloaded: too many waiting requests; retry later", 429))
             continue
         try:
-            params = SamplingParams(**{k: v for k, v in cmd["params"].items() if k in PARAM_KEYS})
+            params = SamplingParams.from_dict(cmd["params"])
             engine.add_request(cmd["prompt"], params, rid=cmd["rid"])
             results.append((cmd, None, 200))
         except (ValueError, TypeError) as exc:
@@ -53,6 +51,7 @@ class Leader:
         self.metrics = EngineMetrics()
         self.parent = os.getppid()
         self.last_publish = 0.0
+        self.published_counts = (-1, -1)
 
     def run(self) -> None:
         for channel in self.channels.channels:   # requests queued for a previous engine are stale
@@ -69,11 +68,14 @@ class Leader:
                         self.sync(commands)
                     self.answer(apply_commands(self.engine, commands))
                     for cmd in commands:
-                        if cmd["type"] == "abort":
+                        if cmd["type"] == messages.ABORT:
                             self.forget(cmd["rid"])
+                    # Gauges first: a client that hears back from us must find itself counted in /metrics.
+                    self.publish()
                     self.flush()   # acceptances go out before the step, so streams can start meanwhile
                     if self.engine.has_work():
                         finished = self.step()
+                        self.publish()
                         self.flush()
                         self.wait_for_followers(finished)
                 self.publish(force=not self.engine.has_work())
@@ -99,25 +101,25 @@ class Leader:
                     break
                 if msg is None:
                     break
-                if msg.get("type") == "generate":
+                if msg.get("type") == messages.GENERATE:
                     self.owner[msg["rid"]] = channel.index
                     commands.append(msg)
-                elif msg.get("type") == "abort" and msg.get("rid") in self.owner:
-                    commands.append({"type": "abort", "rid": msg["rid"]})
+                elif msg.get("type") == messages.ABORT and msg.get("rid") in self.owner:
+                    commands.append(messages.abort(msg["rid"]))
         return commands
 
     def answer(self, results: list[tuple[dict, str | None, int]]) -> None:
         for cmd, error, code in results:
             if error is None:
-                self.send(cmd["rid"], {"type": "accepted", "rid": cmd["rid"]})
+                self.send(cmd["rid"], messages.accepted(cmd["rid"]))
             else:
-                self.send(cmd["rid"], {"type": "error", "rid": cmd["rid"], "message": error, "code": code})
+                self.send(cmd["rid"], messages.error(cmd["rid"], error, code))
                 self.forget(cmd["rid"])
 
     def step(self) -> int:
         """One engine step and its snapshots; returns how many requests finished."""
         started = time.perf_counter()
-        outputs = self.engine.step()
+        outputs = self.engine.step(on_scheduled=self.publish)   # requests moved from waiting to running
         self.last_step_s = time.perf_counter() - started
         self.metrics.record_step(self.last_step_s, self.engine.last_metrics)
         finished = 0
@@ -152,7 +154,7 @@ class Leader:
                 continue
             got = self.drain()
             self.early += got
-            arrived += sum(cmd["type"] == "generate" for cmd in got)
+            arrived += sum(cmd["type"] == messages.GENERATE for cmd in got)
         self.admission.record(arrived > 0)
         self.metrics.record_admission_wait(arrived > 0, time.perf_counter() - started)
 
@@ -164,26 +166,11 @@ class Leader:
         last_stable, last_region = self.sent.get(out.rid, (0, None))
         if not out.finished and out.token_ids == last_region:
             return   # nothing changed for this request in this step
-        msg = {"type": "step", "rid": out.rid, "offset": last_stable, "tokens": out.token_ids[last_stable:],
-               "stable": out.stable_len, "nfe": out.nfe, "finished": out.finished}
-        if out.finished:
-            msg.update(reason=out.finish_reason, timing=self.timing(out))
         self.sent[out.rid] = (out.stable_len, out.token_ids)
-        self.send(out.rid, msg)
+        self.send(out.rid, messages.step(out.rid, last_stable, out.token_ids[last_stable:], out.stable_len, out.nfe,
+                                         out.finished, out.finish_reason, out.timing))
         if out.finished:
             self.forget(out.rid)
-
-    def timing(self, out: StepOutput) -> dict:
-        req = self.engine.last_finished.get(out.rid)
-        if req is None:
-            return {}
-        total = max(req.finished_time - (req.first_scheduled or req.arrival), 1e-9)
-        first = req.first_step_done or req.finished_time
-        return {"queue_s": (req.first_scheduled or req.arrival) - req.arrival,
-                "prefill_s": first - (req.first_scheduled or req.arrival),
-                "decode_s": req.finished_time - first,
-                "tokens_per_s": len(out.output) / total,
-                "tokens_per_forward": len(out.output) / max(out.nfe, 1)}
 
     def send(self, rid: str, msg: dict) -> None:
         """Queue an event for the frontend that owns `rid`; flush() delivers it."""
@@ -198,15 +185,14 @@ class Leader:
         for index, events in outbox.items():
             try:
                 for start in range(0, len(events), EVENTS_PER_MESSAGE):
-                    batch = events[start:start + EVENTS_PER_MESSAGE]
-                    msg = batch[0] if len(batch) == 1 else {"type": "batch", "events": batch}
+                    msg = messages.batch(events[start:start + EVENTS_PER_MESSAGE])
                     self.channels.channels[index].send(msg, timeout=SEND_TIMEOUT_S)
             except IpcError:
                 # The frontend is gone or stuck: abort everything it owns (through the command path,
                 # so tensor-parallel followers abort too).
                 for other, owner in list(self.owner.items()):
                     if owner == index:
-                        self.internal_aborts.append({"type": "abort", "rid": other})
+                        self.internal_aborts.append(messages.abort(other))
                         self.forget(other)
 
     def forget(self, rid: str) -> None:
@@ -214,11 +200,13 @@ class Leader:
         self.sent.pop(rid, None)
 
     def publish(self, force: bool = False) -> None:
-        """Liveness and metrics for /health and /metrics: at most every 0.1 s while busy, and when idle."""
+        """Liveness and metrics for /health and /metrics: whenever the running or waiting count changed, else at
+        most every 0.1 s while busy, and when idle (a board write, not a loop: idle leaders still sleep)."""
         now = time.time()
-        if not force and now - self.last_publish < 0.1:
+        counts = (len(self.engine.scheduler.running), len(self.engine.scheduler.waiting))
+        if not force and counts == self.published_counts and now - self.last_publish < 0.1:
             return
-        self.last_publish = now
+        self.last_publish, self.published_counts = now, counts
         gauges = {"running": len(self.engine.scheduler.running), "waiting": len(self.engine.scheduler.waiting),
                   "kv_pages_used": self.engine.kv.num_used, "kv_pages_free": self.engine.kv.num_free,
                   "kv_pages_cached": self.engine.kv.num_cached}

@@ -1,0 +1,128 @@
+"""Request parameters: the one definition of what a generation request may set, with its validation, shared
+by the Python API, the HTTP schemas and the ring messages. A leaf (standard library only): everyone imports it."""
+import json
+import math
+import re
+from dataclasses import dataclass, field, fields
+
+DEFAULT_MAX_TOKENS = 512
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 1024        # bounds the per-token cost of holding back possible stop-string prefixes
+COUNT_CAP = 2**31 - 1        # larger counts mean "unbounded" anyway; capping keeps ring messages small
+SAMPLING_MODES = ("naive", "edit")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class ParamError(ValueError):
+    """A bad request parameter; `field` names it and the message says what it must be."""
+
+    def __init__(self, message: str, field: str | None):
+        super().__init__(message)
+        self.field = field
+
+
+def describe(value: object) -> str:
+    """Short description of a bad value for an error message (never echoes a huge input)."""
+    text = {list: "an array", tuple: "an array", dict: "an object"}.get(type(value))
+    text = text or json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def is_int(value: object) -> bool:
+    return type(value) is int   # bools are not counts
+
+
+def is_number(value: object) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def is_text(value: object) -> bool:
+    # Lone surrogates (JSON may smuggle them in) are valid in no tokenizer and in no UTF-8.
+    return isinstance(value, str) and not _SURROGATE.search(value)
+
+
+def one_of(choices: tuple[str, ...]) -> str:
+    return "one of " + ", ".join(f"'{choice}'" for choice in choices)
+
+
+def require(valid: bool, name: str, rule: str, value: object) -> None:
+    if not valid:
+        raise ParamError(f"'{name}' must be {rule}, got {describe(value)}", name)
+
+
+@dataclass
+class SamplingParams:
+    """How one request is decoded. None means "the server's setting" (sampling_mode, threshold) or "no limit"."""
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = 1.0          # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0                    # 0 = off
+    seed: int | None = None           # any int in [-2^63, 2^64), kept as its unsigned 64-bit value
+    stop: list[str] = field(default_factory=list)   # matched by whoever holds the tokenizer
+    stop_token_ids: list[int] = field(default_factory=list)
+    max_nfe: int | None = None
+    max_repetition_run: int | None = None
+    ignore_eos: bool = False
+    sampling_mode: str | None = None  # naive | edit
+    threshold: float | None = None    # accept threshold of this request (--accept-threshold when None)
+
+    def __post_init__(self):
+        for name in ("max_tokens", "max_nfe", "max_repetition_run"):
+            value = getattr(self, name)
+            if value is not None or name == "max_tokens":
+                require(is_int(value) and value >= 1, name, "an integer >= 1", value)
+                setattr(self, name, min(value, COUNT_CAP))
+        require(is_number(self.temperature) and self.temperature >= 0, "temperature", "a number >= 0",
+                self.temperature)
+        require(is_number(self.top_p) and 0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
+        require(is_int(self.top_k) and self.top_k >= 0, "top_k", "an integer >= 0", self.top_k)
+        self.temperature, self.top_p = float(self.temperature), float(self.top_p)
+        if self.seed is not None:
+            require(is_int(self.seed) and -(2**63) <= self.seed < 2**64, "seed", "an integer in [-2^63, 2^64)",
+                    self.seed)
+            self.seed %= 2**64   # one unsigned 64-bit range for the generator
+        self.stop = self.stop_strings(self.stop)
+        ids = self.stop_token_ids
+        require(isinstance(ids, (list, tuple)) and all(is_int(t) and t >= 0 for t in ids), "stop_token_ids",
+                "an array of token ids", ids)
+        self.stop_token_ids = list(ids)
+        require(isinstance(self.ignore_eos, bool), "ignore_eos", "true or false", self.ignore_eos)
+        require(self.sampling_mode is None or self.sampling_mode in SAMPLING_MODES, "sampling_mode",
+                one_of(SAMPLING_MODES), self.sampling_mode)
+        if self.threshold is not None:
+            require(is_number(self.threshold) and 0 <= self.threshold <= 1, "threshold", "a number in [0, 1]",
+                    self.threshold)
+            self.threshold = float(self.threshold)
+
+    @staticmethod
+    def stop_strings(value: object) -> list[str]:
+        """A string or a list of strings; duplicates change nothing, so the first of each is kept."""
+        strings = [value] if isinstance(value, str) else value
+        require(isinstance(strings, (list, tuple)) and len(strings) <= MAX_STOP_STRINGS, "stop",
+                f"a string or an array of at most {MAX_STOP_STRINGS} strings", value)
+        for i, stop in enumerate(strings):
+            if not (is_text(stop) and 0 < len(stop) <= MAX_STOP_CHARS):
+                raise ParamError(f"'stop[{i}]' must be a non-empty string of at most {MAX_STOP_CHARS} characters, "
+                                 f"got {describe(stop)}", "stop")
+        return list(dict.fromkeys(strings))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def to_dict(self) -> dict:
+        """Every field, lists copied, so a ring message never aliases request state."""
+        params = dict(self.__dict__)
+        params["stop"], params["stop_token_ids"] = list(self.stop), list(self.stop_token_ids)
+        return params
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SamplingParams":
+        """The inverse of to_dict, validated again; an unknown key is a ParamError."""
+        unknown = set(values) - FIELD_NAMES
+        if unknown:
+            raise ParamError(f"unknown sampling parameter '{sorted(unknown)[0]}'", sorted(unknown)[0])
+        return cls(**values)
+
+
+FIELD_NAMES = frozenset(f.name for f in fields(SamplingParams))
