@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 from dlx.config import DEFAULT_RUNTIME_FILE, Config, ConfigError, add_cli_arguments, config_from_args
 
@@ -42,17 +43,57 @@ class Runtime:
         self.board.unlink()
 
 
+def processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
+
+
+def announce(cfg: Config, under_torchrun: bool) -> None:
+    """What this server is, one fact a line, before the engine loads; the URL follows once gunicorn listens."""
+    from dlx.models.loader import dtype_name
+    tp, dp = cfg.tensor_parallel_size, cfg.data_parallel_size
+    hf = cfg.hf_config
+    device = "cpu"
+    if cfg.device == "cuda":   # device_count() leaves CUDA uninitialised, as gunicorn's fork later needs
+        import torch
+        device = f"cuda (GPUs {', '.join(map(str, cfg.gpu_ids(torch.cuda.device_count())[:tp * dp]))})"
+    engines = processes(tp * dp) + (", one per torchrun rank" if under_torchrun else "")
+    frontends = f"{processes(cfg.frontend_workers)} (gunicorn, gevent)"
+    if cfg.no_frontend and not under_torchrun:
+        frontends = "none (--no-frontend)"
+    for fact in (f"model: {cfg.model_name} ({os.path.abspath(cfg.model)})",
+                 f"device: {device}, dtype {dtype_name(cfg.dtype, hf.get('torch_dtype') or hf.get('dtype'))}",
+                 f"engine workers: TP {tp} × DP {dp} = {engines}",
+                 f"frontend workers: {frontends}"):
+        print(f"dlx: {fact}", flush=True)
+
+
 def run_gunicorn(cfg: Config, runtime: dict) -> None:
     from gunicorn.app.base import BaseApplication
+    from gunicorn.workers.ggevent import GeventWorker
     if cfg.engine_cpus:   # the launcher and the frontends it forks stay off the engine workers' cores
         from dlx.workers.affinity import pin_process
         pin_process(cfg.frontend_cpus())
 
+    class FrontendWorker(GeventWorker):
+        def patch(self):
+            # gevent's monkey patching runs isinstance() over every live object; on torch.distributed's deprecated
+            # reduce_op object (imported by the launcher before it forked) each check warns, FutureWarning.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", r"`torch\.distributed\.reduce_op` is deprecated", FutureWarning)
+                super().patch()
+
+    def announce_url(arbiter) -> None:
+        print(f"dlx: serving on {', '.join(str(listener) for listener in arbiter.LISTENERS)}", flush=True)
+
     class FrontendApp(BaseApplication):
         def load_config(self):
             options = {"bind": f"{cfg.host}:{cfg.port}", "workers": cfg.frontend_workers,
-                       "worker_class": "gevent", "graceful_timeout": 10, "timeout": 60,
-                       "loglevel": cfg.log_level, "proc_name": "dlx-frontend"}
+                       "worker_class": FrontendWorker, "graceful_timeout": 10, "timeout": 60,
+                       "loglevel": cfg.log_level, "proc_name": "dlx-frontend", "when_ready": announce_url}
+            # gunicorn ≥ 25.1 opens a control socket at one fixed path per user (~/.gunicorn/gunicorn.ctl),
+            # which a second server would take over; dlx's frontends are managed through launch.py instead.
+            if "control_socket_disable" in self.cfg.settings:
+                options["control_socket_disable"] = True
             for key, value in options.items():
                 self.cfg.set(key, value)
 
@@ -83,11 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dlx: error: {exc}", file=sys.stderr)
         return 2
-    for warning in cfg.warnings:
-        print(f"dlx: warning: {warning}", file=sys.stderr)
     from dlx.workers import torchrun
+    speaks = not torchrun.under_torchrun() or os.environ.get("RANK") == "0"   # rank 0 speaks for the server
+    if speaks:
+        for warning in cfg.warnings:
+            print(f"dlx: warning: {warning}", file=sys.stderr, flush=True)
+        announce(cfg, torchrun.under_torchrun())
     if torchrun.under_torchrun():
-        return torchrun.run(cfg, Runtime, run_gunicorn)
+        code = torchrun.run(cfg, Runtime, run_gunicorn)
+        if speaks and code == 0:
+            print("dlx: stopped", flush=True)
+        return code
     from dlx.workers.pool import Supervisor, WorkerPool
     runtime = Runtime(cfg)
     pool = supervisor = None
@@ -106,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"gunicorn -k gevent 'dlx.frontend.app:create_app()'", flush=True)
             wait_for_signal()
         else:
-            print(f"dlx: serving {cfg.model_name} on http://{cfg.host}:{cfg.port}", flush=True)
             run_gunicorn(cfg, runtime.data)
     except SystemExit as exc:
         if os.getpid() != launcher:   # a forked gunicorn worker unwinding: the launcher's state is not its own
@@ -122,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         runtime.cleanup()
         if cfg.no_frontend and os.path.exists(args.runtime_file):
             os.unlink(args.runtime_file)
+        if supervisor:   # it served; gunicorn's SystemExit on a clean stop passes through here too
+            print("dlx: stopped", flush=True)
     return 0
 
 

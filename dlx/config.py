@@ -66,7 +66,7 @@ class Config:
     api_key: str | None = None
     max_request_bytes: int = 4 << 20
     seed: int = 0
-    log_level: str = "info"
+    log_level: str = "warning"
     hf_config: dict = field(default_factory=dict, repr=False)
     warnings: list[str] = field(default_factory=list, repr=False)
 
@@ -224,6 +224,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "no_frontend": "start only the engine workers; attach gunicorn frontends separately",
         "frontend_workers": "gunicorn gevent frontend processes (default: one per 4 CPU cores, 2 to 8)",
         "api_key": "require 'Authorization: Bearer KEY' (also DLX_API_KEY)",
+        "log_level": "gunicorn's log level (debug, info, warning, error, critical); below warning it also "
+                     "logs its start-up, workers and shutdown",
     }
     for f in dataclasses.fields(Config):
         if f.name in ("hf_config", "warnings"):

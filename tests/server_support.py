@@ -26,8 +26,10 @@ def wait_until_healthy(url: str, proc: subprocess.Popen, timeout: float) -> bool
 
 
 class ServerProcess:
-    def __init__(self, model_dir: str | None, *flags: str, startup_timeout: float = 180.0, test_defaults: bool = True):
-        """model_dir None starts the embedded default model, exactly as `python launch.py` does."""
+    def __init__(self, model_dir: str | None, *flags: str, startup_timeout: float = 180.0, test_defaults: bool = True,
+                 env: dict | None = None):
+        """model_dir None starts the embedded default model, exactly as `python launch.py` does; env adds to
+        (or overrides) this process's environment for the server."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join("/tmp", f"dlx-test-server-{self.port}.log")
@@ -36,7 +38,7 @@ class ServerProcess:
         model = ["--model", model_dir] if model_dir else []
         cmd = [sys.executable, "launch.py", *model, "--port", str(self.port), *defaults, *flags]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=die_with_parent)
+                                     preexec_fn=die_with_parent, env={**os.environ, **(env or {})})
         self.wait_healthy(startup_timeout)
 
     def wait_healthy(self, timeout: float) -> None:
@@ -44,7 +46,9 @@ class ServerProcess:
             raise RuntimeError(f"server not healthy (exit code {self.proc.poll()}):\n{self.output()}")
 
     def output(self) -> str:
-        self.log.flush()
+        """The server's stdout and stderr so far (the last 6000 characters); after stop(), all it wrote."""
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path) as f:
             return f.read()[-6000:]
 

@@ -1,5 +1,6 @@
 """The second deployment form: `launch.py --no-frontend` runs the engine workers, and a plain
-`gunicorn -k gevent 'dlx.frontend.app:create_app()'` attaches to them through the runtime file."""
+`gunicorn -k gevent 'dlx.frontend.app:create_app()'` attaches to them through the runtime file; the engine
+says what it serves and how to attach in `dlx: ` lines only."""
 import os
 import signal
 import subprocess
@@ -38,5 +39,11 @@ def test_gunicorn_attaches_to_headless_pool(tiny_dir, tmp_path):
             frontend.wait(30)
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(60) == 0
+    lines = engine.stdout.read().splitlines()
+    assert [line for line in lines if not line.startswith("dlx: ")] == [], lines
+    assert f"dlx: model: {os.path.basename(tiny_dir)} ({tiny_dir})" in lines
+    assert "dlx: frontend workers: none (--no-frontend)" in lines
+    assert lines[-2:] == [f"dlx: engine ready; attach frontends with DLX_RUNTIME={runtime} gunicorn -k gevent "
+                          "'dlx.frontend.app:create_app()'", "dlx: stopped"]
     assert not os.path.exists(runtime)
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"dlx_{engine.pid}_")]

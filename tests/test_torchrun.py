@@ -1,5 +1,5 @@
 """`torchrun --nproc-per-node 2 launch.py …`: each torchrun process is a worker (TP 2 on gloo), rank 0 also
-serves HTTP; SIGTERM to torchrun stops every worker and leaves no shared memory behind."""
+serves HTTP and alone says what it serves; SIGTERM to torchrun stops every worker and leaves no shared memory."""
 import os
 import signal
 import subprocess
@@ -18,7 +18,8 @@ def test_torchrun_two_workers_serve_and_stop_cleanly(tiny_dir):
     before = set(os.listdir("/dev/shm"))
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                              "--master-port", str(free_port()), "launch.py", "--model", tiny_dir, "--device", "cpu",
-                             "--tensor-parallel-size", "2", "--max-model-len", "256", "--port", str(port)],
+                             "--tensor-parallel-size", "2", "--max-model-len", "256", "--port", str(port),
+                             "--frontend-workers", "2"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
@@ -36,4 +37,11 @@ def test_torchrun_two_workers_serve_and_stop_cleanly(tiny_dir):
     # torchrun itself reports the SIGTERM it received as a failure; the workers must have stopped cleanly
     log = proc.stdout.read()
     assert code in (0, 1) and "/dlx/" not in log and "launch.py\", line" not in log, log[-3000:]
+    ours = [line for line in log.splitlines() if line.startswith("dlx: ")]   # torchrun's own lines aside
+    assert ours[0].startswith("dlx: warning: no GPU in use"), log[-3000:]
+    assert ours[1:] == [f"dlx: model: {os.path.basename(tiny_dir)} ({tiny_dir})", "dlx: device: cpu, dtype float32",
+                        "dlx: engine workers: TP 2 × DP 1 = 2 processes, one per torchrun rank",
+                        "dlx: frontend workers: 2 processes (gunicorn, gevent)", f"dlx: serving on {url}",
+                        "dlx: stopped"], log[-3000:]
+    assert "FutureWarning" not in log and "[INFO]" not in log, log[-3000:]
     assert not [n for n in set(os.listdir("/dev/shm")) - before if n.startswith("dlx_")]

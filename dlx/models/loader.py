@@ -12,6 +12,7 @@ from dlx.models.llada2 import LLaDA2Config, LLaDA2Model
 
 FAMILIES = {"llada2_moe": (LLaDA2Config, LLaDA2Model)}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 PROGRESS_BAR_BYTES = 1 << 30
 IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 
@@ -36,11 +37,15 @@ def checkpoint_files(model_dir: str) -> list[str]:
     raise ValueError(f"{model_dir} has neither model.safetensors nor model.safetensors.index.json")
 
 
+def dtype_name(requested: str, checkpoint_dtype: str | None) -> str:
+    """The dtype the weights load in, by its torch name: the one asked for, or with auto the checkpoint's
+    (config.json's torch_dtype), else bfloat16. The launcher names it at start-up before any worker loads."""
+    name = (checkpoint_dtype or "bfloat16") if requested == "auto" else requested
+    return DTYPE_ALIASES.get(name, name)
+
+
 def resolve_dtype(name: str, cfg: LLaDA2Config) -> torch.dtype:
-    if name == "auto":
-        name = cfg.torch_dtype or "bfloat16"
-    name = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
-            "float": "float32"}.get(name, name)
+    name = dtype_name(name, cfg.torch_dtype)
     if name not in DTYPES:
         raise ValueError(f"unsupported dtype '{name}' (choose auto, bfloat16, float16 or float32)")
     return DTYPES[name]

@@ -40,7 +40,6 @@ def run(cfg: Config, make_runtime: Callable, start_frontend: Callable) -> int:
         stop = lambda *_: runtime.board.write(0, {"state": "stopping", "generation": 1, "stop": True})  # noqa: E731
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        print(f"dlx: serving {cfg.model_name} on http://{cfg.host}:{cfg.port} ({world} torchrun workers)", flush=True)
     else:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # rank 0 decides when everyone stops
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
