@@ -49,10 +49,10 @@ def held_out_prompts(count: int) -> list[list[int]]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     import tiny_corpus
     from dlx.config import EMBEDDED_MODEL_DIR
-    from dlx.frontend.tokenizer import FrontendTokenizer
-    tok = FrontendTokenizer(EMBEDDED_MODEL_DIR)
+    from transformers import AutoTokenizer   # the Python API's tokenizer: GPU machines need no web packages
+    tok = AutoTokenizer.from_pretrained(EMBEDDED_MODEL_DIR)
     kinds = ("add3", "sub3", "mul", "compare")
-    return [tok.encode(q) for kind in kinds
+    return [tok.encode(q, add_special_tokens=False) for kind in kinds
             for q, _ in tiny_corpus.heldout_questions(kind, count)][::len(kinds)][:count]
 
 
