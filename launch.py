@@ -33,7 +33,10 @@ class Runtime:
                      "mask_id": mask_id, "vocab_size": cfg.hf_config["vocab_size"]}
 
     def write(self, path: str) -> None:
-        with open(path, "w") as f:
+        """Readable by this user only: the description holds the API key, when one is set."""
+        if os.path.exists(path):
+            os.unlink(path)   # an earlier file keeps its mode on overwrite; start from a new one
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             json.dump(self.data, f)
 
     def cleanup(self) -> None:

@@ -215,7 +215,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                      "reduction) or naive (plain PyTorch)",
         "moe_impl": "triton (fused MoE kernels) or naive (per-expert PyTorch loop); auto follows --attn-impl",
         "device": "cuda or cpu (default: cuda when available)",
-        "num_kv_pages": "KV-cache pages (default: sized from --gpu-memory-utilization, or 4096 on CPU)",
+        "num_kv_pages": "KV-cache pages (default: on a GPU sized from --gpu-memory-utilization; on the CPU enough for "
+                        "--max-num-reqs requests of --max-model-len tokens, at most 1 GiB)",
         "admission_wait_ms": "after a step that finished requests, wait up to this long (and a quarter of the "
                              "step) for follow-up requests to join the next step, when they would be a quarter "
                              "of the batch and while such waits keep catching arrivals; 0 disables",

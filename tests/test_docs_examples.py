@@ -34,8 +34,6 @@ from docs_support import (DOC_BASE, ROOT, SHELL_LANGS, check_command_output, com
                           json_body_keys, parse_blocks, rewrite_base, shell_commands, shell_words)
 from server_support import ServerProcess
 
-# Request fields documented before their code lands (the server ignores unknown fields meanwhile).
-PENDING_FIELDS = {"threshold"}
 COMMAND_TIMEOUT_S = 120
 PAGES = {page: parse_blocks(page) for page in doc_pages()}
 CURL_BLOCKS = [b for blocks in PAGES.values() for b in blocks if b.runnable and b.lang in SHELL_LANGS]
@@ -107,7 +105,7 @@ def test_curl_bodies_use_known_fields():
     for block in CURL_BLOCKS:
         for command in shell_commands(block.text):
             for key in json_body_keys(command.text):
-                if key not in PENDING_FIELDS and f'"{key}"' not in source and f"'{key}'" not in source:
+                if f'"{key}"' not in source and f"'{key}'" not in source:
                     unknown.append(f"{block.where}: {key}")
     assert not unknown, "request fields dlx does not know: " + ", ".join(unknown)
 

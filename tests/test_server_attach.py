@@ -24,6 +24,7 @@ def test_gunicorn_attaches_to_headless_pool(tiny_dir, tmp_path):
         while not os.path.exists(runtime):
             assert engine.poll() is None and time.monotonic() < deadline, engine.stdout.read()
             time.sleep(0.2)
+        assert os.stat(runtime).st_mode & 0o777 == 0o600   # it may hold the API key: this user's alone
         port = free_port()
         frontend = subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
                                      "-b", f"127.0.0.1:{port}", "dlx.frontend.app:create_app()"],

@@ -117,6 +117,9 @@ def test_killed_worker_fails_requests_then_recovers(server):
                       stream=True, timeout=120)
     lines = r.iter_lines()
     next(lines)
+    plain = ThreadPoolExecutor(1).submit(requests.post, server.url + "/generate", timeout=120,
+                                         json={**LONG, "max_tokens": 200, "threshold": 1.0})
+    assert wait_for(lambda: metric(server, "dlx_requests_running") == 2, 30, every=0.02)
     workers = server.children_running(b"spawn_main")
     assert workers and all(named_semaphores(pid) == [] for pid in workers), "a SIGKILL would leak these"
     for pid in workers:
@@ -124,6 +127,9 @@ def test_killed_worker_fails_requests_then_recovers(server):
     rest = [line for line in lines if line]
     assert rest[-1] == b"data: [DONE]"
     assert any(b'"event":"error"' in line for line in rest)
+    failed = plain.result()   # the non-streaming request: a 500 that says why, in the error shape
+    assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error"
+    assert "engine worker died" in failed.json()["error"]["message"]
     saw_unhealthy = wait_for(lambda: requests.get(server.url + "/health").status_code == 503, 10, every=0.02)
     assert saw_unhealthy
     assert wait_for(lambda: requests.get(server.url + "/health").status_code == 200, 180, every=0.5)

@@ -59,10 +59,11 @@ def test_non_streaming_client_that_leaves_is_aborted(server):
     assert wait_for(lambda: gauges(server) == idle, 1.0), (gauges(server), idle)
 
 
-def check_timing(timing: dict) -> None:
+def check_timing(timing: dict, tokens: int, nfe: int) -> None:
     assert set(timing) == TIMING_KEYS, timing
     for key, value in timing.items():
         assert isinstance(value, float) and math.isfinite(value) and value >= 0, (key, value)
+    assert timing["tokens_per_forward"] == pytest.approx(tokens / nfe)   # the tokens returned, after any cut
 
 
 CASES = {   # finish reason → request fields
@@ -89,7 +90,7 @@ def test_timing_is_whole_for_every_finish_and_mode(server, case, mode):
         assert final["event"] == "final"
     expected = {"stop string": "stop", "stop strings": "stop"}.get(case, case)
     assert final["finish_reason"] == expected, final
-    check_timing(final["timing"])
+    check_timing(final["timing"], len(final["token_ids"]), final["nfe"])
 
 
 @pytest.mark.parametrize("chat", [False, True])
@@ -98,7 +99,7 @@ def test_openai_timing_on_a_stop_string(server, chat):
                     else ("/v1/completions", {"prompt": PROMPT}))
     out = requests.post(server.url + path, json={**inputs, "temperature": 0, "stop": "="}, timeout=60).json()
     assert out["choices"][0]["finish_reason"] == "stop"
-    check_timing(out["timing"])
+    check_timing(out["timing"], out["usage"]["completion_tokens"], out["nfe"])
 
 
 def test_metrics_count_a_request_as_soon_as_the_client_hears_back(server):

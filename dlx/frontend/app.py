@@ -12,7 +12,7 @@ from dlx.frontend.client import EngineUnavailable
 from dlx.frontend.decoding import Decoding
 from dlx.frontend.metrics import render_metrics
 from dlx.frontend.schemas import RequestError, error_body, parse_generate
-from dlx.frontend.server import ClientGone, Server
+from dlx.frontend.server import ClientGone, EngineFailed, Server
 from dlx.frontend.sse import error_frame, final_frame, generate_append_frame, generate_snapshot_frame
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
@@ -60,6 +60,11 @@ def create_app(runtime: dict | None = None) -> Flask:
     def gone(exc: ClientGone):
         server.client.count("aborted")
         return json_error("client closed the connection", 499)
+
+    @app.errorhandler(EngineFailed)
+    def engine_failed(exc: EngineFailed):
+        server.client.count("error")
+        return json_error(str(exc), 500, "server_error")
 
     @app.errorhandler(EngineUnavailable)
     def unavailable(exc: EngineUnavailable):

@@ -53,13 +53,16 @@ class Decoding:
         self.finished, self.finish_reason = True, reason
         self.token_ids, self.text = list(tokens), text
         self.stable_text = text
-        self.timing = timing if "decode_s" in timing else self.own_timing(timing)
+        self.timing = self.whole_timing(timing)
 
-    def own_timing(self, start: dict) -> dict:
-        """The whole timing of a request this frontend ended (a stop string): the engine's queue and prefill
-        times, decode time since the first step event arrived."""
-        queue, prefill = start.get("queue_s", 0.0), start.get("prefill_s", 0.0)
-        decode = time.monotonic() - self.first_step_at if self.first_step_at is not None else 0.0
+    def whole_timing(self, engine: dict) -> dict:
+        """All five timing values. The engine's times where it has them (all of them when it ended the request,
+        queue and prefill when this frontend ended it on a stop string: then decode time runs until now, since
+        the first step event arrived); the rates count the tokens returned, after any stop-string cut."""
+        queue, prefill = engine.get("queue_s", 0.0), engine.get("prefill_s", 0.0)
+        decode = engine.get("decode_s")
+        if decode is None:
+            decode = time.monotonic() - self.first_step_at if self.first_step_at is not None else 0.0
         tokens = len(self.token_ids)
         return {"queue_s": queue, "prefill_s": prefill, "decode_s": decode,
                 "tokens_per_s": tokens / max(prefill + decode, 1e-9), "tokens_per_forward": tokens / max(self.nfe, 1)}

@@ -20,6 +20,10 @@ class ClientGone(Exception):
     """The client closed its connection; the request is aborted and nobody reads the answer."""
 
 
+class EngineFailed(Exception):
+    """The engine ended a request with an error after accepting it (a worker died): a 500 naming the cause."""
+
+
 def client_gone() -> bool:
     """True once the client closed its connection (checked while we wait on the engine). gevent's socket
     ignores MSG_DONTWAIT and would wait for data, so ask select first; a readable socket with nothing
@@ -105,7 +109,7 @@ class Server:
                 if msg is None:
                     continue
                 if msg["type"] == messages.ERROR:
-                    raise RuntimeError(msg["message"])
+                    raise EngineFailed(msg["message"])
                 if msg["type"] == messages.STEP:
                     decoding.update(msg)
                     yield msg
@@ -127,7 +131,7 @@ class Server:
             yield tail + SSE_DONE
         except ClientGone:
             self.client.count("aborted")
-        except RuntimeError as exc:
+        except EngineFailed as exc:
             self.client.count("error")
             yield error_frame(str(exc)) + SSE_DONE
         finally:

@@ -1,0 +1,210 @@
+"""Engine-step benchmark (GPU): a LLaDA2.0-mini-shaped model with dummy weights and balanced routing, the whole
+LLMEngine.step() (scheduler, forward, sampler, snapshots) against the HBM roofline of the bytes that step reads."""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from dlx.config import Config  # noqa: E402
+from dlx.engine.engine import LLMEngine  # noqa: E402
+from dlx.engine.reference import DecodeSettings, choose_tokens  # noqa: E402
+from dlx.engine.runner import configure_kernels  # noqa: E402
+from dlx.kernels.attention import AttentionMetadata  # noqa: E402
+from dlx.models.dummy import BALANCE_METHOD  # noqa: E402
+from dlx.models.moe import Router, SparseMoE  # noqa: E402
+from dlx.models.shapes import write_shape_dir  # noqa: E402
+from dlx.params import SamplingParams  # noqa: E402
+from kernels import busy_ms  # noqa: E402
+from read_ceiling import read_ceiling_ms  # noqa: E402
+
+BLOCK = 32
+
+
+def events_ms(fn, iters: int = 5) -> float:
+    """Fastest of iters runs of fn, CUDA events around each."""
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return min(times)
+
+
+def read_bandwidth() -> float:
+    """Bytes per second a kernel that only reads 4 GiB achieves (bench/read_ceiling.py): the roofline's rate."""
+    num_bytes = 4 << 30
+    return num_bytes / (read_ceiling_ms(num_bytes, events_ms)[0] * 1e-3)
+
+
+class ExpertCounter:
+    """Distinct experts each MoE layer chose in one step (forward hooks on the routers; they read the device, so
+    they are attached only to an untimed step)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.routers = [m for m in model.modules() if isinstance(m, Router)]
+        self.counts: list[int] = []
+        self.handles = []
+
+    def __enter__(self):
+        self.counts = []
+        self.handles = [r.register_forward_hook(lambda _m, _i, out: self.counts.append(int(out[0].unique().numel())))
+                        for r in self.routers]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
+def step_bytes(model: torch.nn.Module, distinct: list[int], tokens: int, kv_tokens: int, logit_rows: int) -> int:
+    """Bytes a step must move at least: every dense weight once, the experts it touches (distinct[i] of the i-th
+    MoE layer's stacks), the embedding rows of its tokens, the cached K and V it attends to, and its logits
+    written and read once in the model's dtype."""
+    share = {}   # expert stacks → the fraction of their experts this step touches
+    for moe, touched in zip((m for m in model.modules() if isinstance(m, SparseMoE)), distinct):
+        share[id(moe.w13)] = share[id(moe.w2)] = touched / moe.w13.shape[0]
+    total = 0
+    for name, param in model.named_parameters():
+        size = param.numel() * param.element_size()
+        if name == "word_embeddings.weight":
+            size = min(tokens, param.shape[0]) * param.shape[1] * param.element_size()
+        total += int(size * share.get(id(param), 1.0))
+    attn = model.attention_layers()[0]
+    itemsize = attn.k_cache.element_size()
+    kv = 2 * len(model.attention_layers()) * attn.num_kv_heads * attn.head_dim * itemsize
+    return total + kv * kv_tokens + 2 * logit_rows * model.config.vocab_size * itemsize
+
+
+def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int) -> dict:
+    """Median whole-step ms over `rounds` rounds of 31 steady steps (batch requests, context cached tokens each,
+    one 32-token block at threshold 1, one token a forward), with the step's roofline bytes beside each."""
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(1000, engine.vocab_size, (context,), generator=gen).tolist() for _ in range(batch)]
+    warm = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+    for prompt in prompts:   # prefill once: the measured rounds find their prompts in the prefix cache
+        engine.add_request(prompt, warm)
+    while engine.has_work():
+        engine.step()
+    params = SamplingParams(temperature=0, max_tokens=BLOCK, ignore_eos=True, threshold=1.0)
+    steps, rows, distinct, busy, kernels = [], [], [], [], []
+    for r in range(rounds + 1):   # round 0 warms up
+        for prompt in prompts:
+            engine.add_request(prompt, params)
+        while engine.has_work():
+            running = engine.scheduler.running + list(engine.scheduler.waiting)
+            wanted = sum(len(engine.sampler.logit_positions(req)) for req in running if req.block_steps)
+            steady = all(req.nfe >= 1 for req in running) and len(running) == batch and engine.scheduler.running
+            if r and steady and not distinct:
+                with ExpertCounter(engine.model) as counter:
+                    engine.step()
+                distinct = counter.counts
+                continue
+            if r and steady and len(busy) < 3:
+                busy_ms_, count = profiled_step(engine)
+                busy.append(busy_ms_)
+                kernels.append(count)
+                continue
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            engine.step()
+            elapsed = time.perf_counter() - start
+            if r and steady:
+                steps.append(elapsed * 1e3)
+                rows.append(wanted)
+    roof = [step_bytes(engine.model, distinct, batch * BLOCK, batch * context, n) for n in rows]
+    return {"step_ms": statistics.median(steps), "steps": len(steps), "distinct": distinct,
+            "bytes": statistics.median(roof), "busy_ms": statistics.median(busy) if busy else float("nan"),
+            "kernels": statistics.median(kernels) if kernels else 0}
+
+
+def profiled_step(engine: LLMEngine) -> tuple[float, int]:
+    """GPU-busy milliseconds (kernel intervals' union) and kernel count of one engine step."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        engine.step()
+        torch.cuda.synchronize()
+    kernels = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
+               if e.device_type == DeviceType.CUDA]
+    return busy_ms([kernels]), len(kernels)
+
+
+def naive_step_ms(engine: LLMEngine, context: int) -> float:
+    """One step the way the model's own generate() runs it: the whole canvas recomputed (no cache), plain
+    PyTorch attention and a per-expert loop, logits of the block's masked rows, greedy choice."""
+    model, settings = engine.model, DecodeSettings(mask_id=engine.mask_id, eos_id=engine.eos_id)
+    ids = torch.randint(1000, engine.vocab_size, (context + BLOCK,), device="cuda")
+    ids[context:] = engine.mask_id
+    positions = torch.arange(context + BLOCK, device="cuda")
+    meta = AttentionMetadata.single(context + BLOCK, BLOCK, "cuda")
+    configure_kernels(model, "naive", "naive")
+    try:
+        def step():
+            hidden = model(ids, positions, meta)
+            return choose_tokens(model.compute_logits(hidden[context:]), settings, None)[0].tolist()
+        return events_ms(step, iters=3)
+    finally:
+        configure_kernels(model, engine.cfg.attn_impl, engine.cfg.moe_impl)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="mini", choices=("mini", "flash"))
+    parser.add_argument("--layers", type=int, default=None, help="cut the shape to this many layers (quick runs)")
+    parser.add_argument("--batches", default="1,8,32,64")
+    parser.add_argument("--contexts", default="512,2048,8192")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--naive-contexts", default="512,2048", help="contexts of the naive baseline (batch 1)")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    contexts = [int(c) for c in args.contexts.split(",")]
+    model_dir = write_shape_dir(tempfile.mkdtemp(prefix="dlx-shape-"), args.shape, args.layers)
+    longest = max(contexts) + 2 * BLOCK
+    pages = max(batches) * (longest // BLOCK + 1) + 64
+    started = time.perf_counter()
+    cfg = Config(model=model_dir, load_format="dummy", device="cuda", dtype="bfloat16", max_model_len=longest,
+                 max_num_reqs=max(batches), max_num_batched_tokens=max(longest, max(batches) * 2 * BLOCK),
+                 num_kv_pages=pages, enforce_eager=True).finalize()
+    engine = LLMEngine(cfg)
+    load_s = time.perf_counter() - started
+    bandwidth = read_bandwidth()
+    naive = {c: naive_step_ms(engine, c) for c in (int(x) for x in args.naive_contexts.split(",") if x)}
+    print(f"\nEngine step on {torch.cuda.get_device_name()} — LLaDA2.0-{args.shape} shape"
+          f"{f' cut to {args.layers} layers' if args.layers else ''}, bf16, dummy weights loaded in {load_s:.1f} s; "
+          f"{BALANCE_METHOD}; read bandwidth {bandwidth / 1e12:.2f} TB/s (a kernel that only reads 4 GiB); "
+          f"torch {torch.__version__}; attention {cfg.attn_impl}, MoE {cfg.moe_impl}; CUDA graphs: not yet "
+          f"(eager); each request: `context` cached tokens + one 32-token block at threshold 1 (one token a "
+          f"forward); step = the whole LLMEngine.step(), median of {args.rounds} × 31 steady steps\n")
+    print("| batch | context | dlx eager step ms | GPU busy ms | kernels | roofline ms | ÷ roofline "
+          "| distinct experts per MoE layer (min–max, mean) | naive generate() way, batch 1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for context in contexts:
+        for batch in batches:
+            try:
+                m = measure(engine, batch, context, args.rounds, seed=batch * 7919 + context)
+            except torch.OutOfMemoryError:
+                print(f"| {batch} | {context} | out of memory | | | | | | |")
+                torch.cuda.empty_cache()
+                continue
+            roof_ms = m["bytes"] / bandwidth * 1e3
+            d = m["distinct"]
+            slow = naive.get(context) if batch == 1 else None
+            base = f"{slow:.1f} ms ({slow / m['step_ms']:.0f}×)" if slow else ""
+            print(f"| {batch} | {context} | {m['step_ms']:.2f} | {m['busy_ms']:.2f} | {m['kernels']:.0f} "
+                  f"| {roof_ms:.2f} | {m['step_ms'] / roof_ms:.2f}× | {min(d)}–{max(d)}, {statistics.mean(d):.0f} "
+                  f"| {base} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
