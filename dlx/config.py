@@ -27,6 +27,7 @@ class Config:
     model: str | None = None
     model_name: str | None = None
     dtype: str = "auto"
+    load_format: str = "auto"
     mask_token_id: int | None = None
     decoding_strategy: str = "multi_bd"
     sampling_mode: str = "naive"
@@ -93,7 +94,7 @@ class Config:
         choices = {"decoding_strategy": ("multi_bd",), "sampling_mode": ("naive", "edit"),
                    "attn_impl": ("triton_grouped", "naive"),
                    "moe_impl": ("auto", "triton", "naive"), "device": (None, "cuda", "cpu"),
-                   "dtype": ("auto", "bfloat16", "float16", "float32")}
+                   "dtype": ("auto", "bfloat16", "float16", "float32"), "load_format": ("auto", "dummy")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 shown = ", ".join(a for a in allowed if a)
@@ -210,6 +211,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     helps = {
         "model": "local checkpoint directory (default: the embedded dlx-tiny model)",
         "model_name": "served model id (the seed's registered names, e.g. llada2_mini, are accepted)",
+        "load_format": "auto (the checkpoint's safetensors) or dummy (random weights for a directory holding only "
+                       "config.json and tokenizer files, for benchmarks; routers balanced like a trained model's)",
         "buffer_size": "blocks decoded concurrently per request (1 = SingleBD, exactly the model's generate())",
         "attn_impl": "triton_grouped (GPU: Triton attention, KV store, norms, rotary, greedy sampling "
                      "reduction) or naive (plain PyTorch)",

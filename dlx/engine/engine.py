@@ -57,7 +57,7 @@ class LLMEngine:
     def __init__(self, cfg: Config, model: torch.nn.Module | None = None):
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
-        self.model = model or load_model(cfg.model, cfg.dtype, cfg.device)
+        self.model = model or load_model(cfg.model, cfg.dtype, cfg.device, cfg.load_format)
         self.mask_id, self.eos_id = special_ids(cfg)
         self.vocab_size = self.model.config.vocab_size
         num_pages = cfg.num_kv_pages or self.default_num_pages()

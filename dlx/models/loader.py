@@ -8,6 +8,7 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
+from dlx.models.dummy import fill_dummy_weights
 from dlx.models.llada2 import LLaDA2Config, LLaDA2Model
 
 FAMILIES = {"llada2_moe": (LLaDA2Config, LLaDA2Model)}
@@ -15,6 +16,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 PROGRESS_BAR_BYTES = 1 << 30
 IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
+LOAD_FORMATS = ("auto", "dummy")
 
 
 def read_config(model_dir: str) -> dict:
@@ -154,8 +156,12 @@ def check_shape(name: str, tensor: torch.Tensor, shape: tuple) -> None:
         raise ValueError(f"tensor '{name}' has shape {list(tensor.shape)} but the config implies {list(shape)}")
 
 
-def load_model(model_dir: str, dtype: str = "auto", device: str | torch.device = "cpu") -> LLaDA2Model:
-    """Build the model family named by config.json's model_type and fill it from the safetensors files."""
+def load_model(model_dir: str, dtype: str = "auto", device: str | torch.device = "cpu",
+               load_format: str = "auto") -> LLaDA2Model:
+    """Build the model family named by config.json's model_type and fill it from the safetensors files, or with
+    load_format "dummy" from seeded random values made on `device` (no weight file is looked for or read)."""
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"unknown load format '{load_format}' (choose {' or '.join(LOAD_FORMATS)})")
     raw = read_config(model_dir)
     family = raw.get("model_type")
     if family not in FAMILIES:
@@ -163,7 +169,7 @@ def load_model(model_dir: str, dtype: str = "auto", device: str | torch.device =
                          f"(supported: {', '.join(FAMILIES)})")
     config_cls, model_cls = FAMILIES[family]
     cfg = config_cls.from_hf(raw)
-    files = checkpoint_files(model_dir)
+    files = [] if load_format == "dummy" else checkpoint_files(model_dir)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(resolve_dtype(dtype, cfg))
     try:
@@ -171,6 +177,9 @@ def load_model(model_dir: str, dtype: str = "auto", device: str | torch.device =
             model = model_cls(cfg)
     finally:
         torch.set_default_dtype(previous)
+    if load_format == "dummy":
+        fill_dummy_weights(model)
+        return model.eval()
     router, covered = WeightRouter(model), set()
     total = sum(os.path.getsize(f) for f in files)
     with tqdm(total=total, unit="B", unit_scale=True, desc="loading weights",
