@@ -28,6 +28,11 @@ from read_ceiling import read_ceiling_ms  # noqa: E402
 BLOCK = 32
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def events_ms(fn, iters: int = 5) -> float:
     """Fastest of iters runs of fn, CUDA events around each."""
     times = []
@@ -86,11 +91,17 @@ def step_bytes(model: torch.nn.Module, distinct: list[int], tokens: int, kv_toke
     return total + kv * kv_tokens + 2 * logit_rows * model.config.vocab_size * itemsize
 
 
+def random_prompt(engine: LLMEngine, length: int, seed: int) -> list[int]:
+    """Random token ids, none of them the mask or EOS token (a prompt holding a mask would be decoded into)."""
+    ids = torch.randint(0, engine.vocab_size, (length,), generator=torch.Generator().manual_seed(seed))
+    special = torch.tensor([t for t in (engine.mask_id, engine.eos_id) if t is not None])
+    return torch.where(torch.isin(ids, special), (ids + 1) % engine.vocab_size, ids).tolist()
+
+
 def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int) -> dict:
     """Median whole-step ms over `rounds` rounds of 31 steady steps (batch requests, context cached tokens each,
     one 32-token block at threshold 1, one token a forward), with the step's roofline bytes beside each."""
-    gen = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(1000, engine.vocab_size, (context,), generator=gen).tolist() for _ in range(batch)]
+    prompts = [random_prompt(engine, context, seed + i) for i in range(batch)]
     warm = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
     for prompt in prompts:   # prefill once: the measured rounds find their prompts in the prefix cache
         engine.add_request(prompt, warm)
@@ -110,12 +121,12 @@ def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int)
                     engine.step()
                 distinct = counter.counts
                 continue
-            if r and steady and len(busy) < 3:
+            if r and steady and len(busy) < 3 and torch.cuda.is_available():
                 busy_ms_, count = profiled_step(engine)
                 busy.append(busy_ms_)
                 kernels.append(count)
                 continue
-            torch.cuda.synchronize()
+            sync()
             start = time.perf_counter()
             engine.step()
             elapsed = time.perf_counter() - start
@@ -134,7 +145,7 @@ def profiled_step(engine: LLMEngine) -> tuple[float, int]:
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         engine.step()
-        torch.cuda.synchronize()
+        sync()
     kernels = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
                if e.device_type == DeviceType.CUDA]
     return busy_ms([kernels]), len(kernels)
@@ -144,8 +155,7 @@ def naive_step_ms(engine: LLMEngine, context: int) -> float:
     """One step the way the model's own generate() runs it: the whole canvas recomputed (no cache), plain
     PyTorch attention and a per-expert loop, logits of the block's masked rows, greedy choice."""
     model, settings = engine.model, DecodeSettings(mask_id=engine.mask_id, eos_id=engine.eos_id)
-    ids = torch.randint(1000, engine.vocab_size, (context + BLOCK,), device="cuda")
-    ids[context:] = engine.mask_id
+    ids = torch.tensor(random_prompt(engine, context, 0) + [engine.mask_id] * BLOCK, device="cuda")
     positions = torch.arange(context + BLOCK, device="cuda")
     meta = AttentionMetadata.single(context + BLOCK, BLOCK, "cuda")
     configure_kernels(model, "naive", "naive")

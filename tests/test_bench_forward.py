@@ -1,0 +1,44 @@
+"""bench/forward.py's accounting on the CPU (the benchmark itself runs on a GPU): the roofline bytes count every
+dense weight once and the experts a step touches, and a measured round reports steady steps and their experts."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+
+from forward import measure, step_bytes  # noqa: E402
+
+from dlx.config import Config  # noqa: E402
+from dlx.engine.engine import LLMEngine  # noqa: E402
+from dlx.models.moe import SparseMoE  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dir):
+    cfg = Config(model=tiny_dir, load_format="dummy", device="cpu", dtype="float32", max_model_len=256,
+                 max_num_reqs=4, num_kv_pages=64).finalize(cuda_available=False)
+    return LLMEngine(cfg)
+
+
+def test_step_bytes_counts_touched_experts_only(engine):
+    model = engine.model
+    moe = [m for m in model.modules() if isinstance(m, SparseMoE)]
+    experts = moe[0].w13.shape[0]
+    expert_bytes = sum(m.w13.numel() * m.w13.element_size() + m.w2.numel() * m.w2.element_size() for m in moe)
+    all_bytes = step_bytes(model, [experts] * len(moe), tokens=0, kv_tokens=0, logit_rows=0)
+    one_bytes = step_bytes(model, [1] * len(moe), tokens=0, kv_tokens=0, logit_rows=0)
+    assert all_bytes - one_bytes == expert_bytes * (experts - 1) // experts
+    attn = model.attention_layers()[0]
+    per_kv_token = 2 * len(model.attention_layers()) * attn.num_kv_heads * attn.head_dim * 4
+    assert step_bytes(model, [1] * len(moe), 0, kv_tokens=10, logit_rows=0) - one_bytes == 10 * per_kv_token
+    assert step_bytes(model, [1] * len(moe), 0, 0, logit_rows=3) - one_bytes == 2 * 3 * model.config.vocab_size * 4
+
+
+def test_measure_reports_steady_steps(engine):
+    result = measure(engine, batch=2, context=64, rounds=1, seed=0)
+    experts = [m for m in engine.model.modules() if isinstance(m, SparseMoE)]
+    assert result["steps"] >= 20 and result["step_ms"] > 0 and result["bytes"] > 0
+    assert len(result["distinct"]) == len(experts) and all(1 <= d <= experts[0].w13.shape[0]
+                                                          for d in result["distinct"])
+    assert engine.kv.num_used == 0 and not engine.has_work()
