@@ -98,7 +98,7 @@ def random_prompt(engine: LLMEngine, length: int, seed: int) -> list[int]:
     return torch.where(torch.isin(ids, special), (ids + 1) % engine.vocab_size, ids).tolist()
 
 
-def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int) -> dict:
+def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int) -> dict | None:
     """Median whole-step ms over `rounds` rounds of 31 steady steps (batch requests, context cached tokens each,
     one 32-token block at threshold 1, one token a forward), with the step's roofline bytes beside each."""
     prompts = [random_prompt(engine, context, seed + i) for i in range(batch)]
@@ -133,6 +133,8 @@ def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int)
             if r and steady:
                 steps.append(elapsed * 1e3)
                 rows.append(wanted)
+    if not steps:   # the batch never ran together (its prompts' pages were not all still cached)
+        return None
     roof = [step_bytes(engine.model, distinct, batch * BLOCK, batch * context, n) for n in rows]
     return {"step_ms": statistics.median(steps), "steps": len(steps), "distinct": distinct,
             "bytes": statistics.median(roof), "busy_ms": statistics.median(busy) if busy else float("nan"),
@@ -206,6 +208,9 @@ def main() -> None:
             except torch.OutOfMemoryError:
                 print(f"| {batch} | {context} | out of memory | | | | | | |")
                 torch.cuda.empty_cache()
+                continue
+            if m is None:
+                print(f"| {batch} | {context} | not measured: the batch never ran together | | | | | | |")
                 continue
             roof_ms = m["bytes"] / bandwidth * 1e3
             d = m["distinct"]

@@ -17,11 +17,21 @@ CALIBRATION_SEQUENCES = 128
 CALIBRATION_BLOCK = 32
 BALANCE_STEPS = 100
 MEASURE_SEED = 1_000_003   # far from the weight seeds: measured tokens are never the calibration ones
+# A random model gives the rows of a decoding block (mostly mask tokens) nearly the same hidden state: no trained
+# attention tells them apart, so they would all choose the same experts (17-27 distinct of 256 per layer in an
+# H100 engine step, where a trained LLaDA2 block touches about 163). Each router of a dummy model therefore adds a
+# fixed random offset per batch row to its logits, six times their own spread, so a block's rows choose as
+# diversely as a trained model's do (tiny model, 64 experts top-4: 8 distinct without, 51 with twice, 55 with six
+# times; 55.9 is uniform); the expert bias then evens out the load.
+JITTER_ROWS = 4096
+JITTER_STD = 6.0
 # Projections that write into the residual stream (attention output, dense/shared/expert down projections); all are
 # row-parallel, so under tensor parallelism each rank holds a slice of their input dimension.
 RESIDUAL_OUTPUTS = ("attention.dense.weight", "down_proj.weight", "mlp.w2")
 BALANCE_METHOD = ("dummy weights: N(0, 1/fan_in) matrices (residual-stream outputs also / sqrt(2 x layers)), "
-                  "N(0, 1) embeddings, norms 1; each MoE layer's expert_bias solved, layer by layer, on "
+                  "N(0, 1) embeddings, norms 1; router logits get a fixed N(0, 36) offset per batch row, so the "
+                  "mask rows of a block choose experts as diversely as a trained model's tokens do; each MoE "
+                  "layer's expert_bias solved, layer by layer, on "
                   f"{CALIBRATION_SEQUENCES} random sequences of {CALIBRATION_BLOCK} tokens so that every expert "
                   "is chosen equally often (auxiliary-loss-free balancing, as LLaDA2 is trained)")
 
@@ -63,6 +73,11 @@ def fill_dummy_weights(model: torch.nn.Module, seed: int = 0, balance: bool = Tr
         else:
             fan_in = param.shape[-1] * (tp_size() if name.endswith(RESIDUAL_OUTPUTS) else 1)
             param.normal_(0.0, init_std(name, fan_in, num_layers), generator=parameter_generator(name, param, seed))
+    for name, module in model.named_modules():
+        if isinstance(module, Router):
+            gen = torch.Generator(device=module.weight.device).manual_seed(seed << 32 | zlib.crc32(name.encode()))
+            module.row_jitter = JITTER_STD * torch.randn(JITTER_ROWS, module.num_experts, generator=gen,
+                                                         device=module.weight.device)
     if balance:
         balance_routers(model, seed)
 
@@ -99,7 +114,7 @@ def balance_routers(model: torch.nn.Module, seed: int = 0) -> None:
                                         seed, device)
 
     def balance(router: Router, args: tuple) -> None:
-        logits = F.linear(args[0].float(), router.weight.float())
+        logits = router.logits(args[0])
         bias = solve_expert_bias(logits, router)
         if tp_size() > 1:   # every rank solved the same problem; averaging makes the copies equal bit for bit
             bias = all_reduce(bias) / tp_size()

@@ -27,9 +27,19 @@ class Router(nn.Module):
             self.expert_bias = nn.Parameter(torch.empty(num_experts, dtype=torch.float32))
             self.expert_bias.weight_loader = copy_full
         self.impl = "naive"  # or "triton": one fused kernel after the logits GEMM; set by the runner
+        self.row_jitter: torch.Tensor | None = None   # dummy weights only: [rows, experts] (dlx/models/dummy.py)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """fp32 router logits; a dummy model adds its fixed offset per batch row (row i gets row_jitter[i])."""
+        logits = F.linear(x.float(), self.weight.float())
+        if self.row_jitter is None:
+            return logits
+        table, rows = self.row_jitter, len(x)
+        return logits + (table[:rows] if rows <= len(table) else
+                         table[torch.arange(rows, device=x.device) % len(table)])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = F.linear(x.float(), self.weight.float())
+        logits = self.logits(x)
         bias = None if self.expert_bias is None else self.expert_bias.float()
         if self.impl not in KERNEL_IMPLS:
             raise ValueError(f"unknown router impl {self.impl!r}; expected one of {KERNEL_IMPLS}")
