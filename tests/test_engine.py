@@ -164,3 +164,15 @@ def test_outputs_carry_timing(tiny_dir, tiny_model):
         last = outputs[-1]
     for out in (first[0], last):
         assert out.finished and min(out.timing.values()) >= 0 and out.timing["tokens_per_forward"] > 0
+
+
+def test_a_request_over_the_token_budget_evicts_no_cached_prefix(tiny_dir, tiny_model):
+    """Prompts prefilled one a step (the budget holds one) all stay cached when the pool holds them all: a waiting
+    request that does not fit this step takes no pages, so no cached prefix is pushed out early."""
+    engine = make_engine(tiny_dir, tiny_model, num_kv_pages=64, max_model_len=224, max_num_batched_tokens=224)
+    rng = random.Random(11)
+    prompts = [[rng.randrange(5, 380) for _ in range(192)] for _ in range(8)]
+    run(engine, prompts, SamplingParams(temperature=0, max_tokens=1, ignore_eos=True))
+    hits = engine.scheduler.prefix_hit_tokens
+    run(engine, prompts, SamplingParams(temperature=0, max_tokens=1, ignore_eos=True))
+    assert engine.scheduler.prefix_hit_tokens - hits == 8 * 192

@@ -69,9 +69,10 @@ class Scheduler:
                 req.stored = len(req.pages) * self.kv.page_size
                 self.prefix_hit_tokens += req.stored
             plan = self.plan(req)
-            pages = self.kv.allocate(self.pages_needed(req, plan))
-            if plan.end - plan.start > budget or pages is None:
-                self.kv.free(pages or [])
+            # The budget first: pages taken and given back would go to the end of the free list, ahead of the
+            # cached prefixes they were taken in front of, and so evict those early.
+            pages = self.kv.allocate(self.pages_needed(req, plan)) if plan.end - plan.start <= budget else None
+            if pages is None:
                 req.undo_activation(plan.activated)
                 break   # first come, first served: no overtaking
             req.pages += pages
