@@ -30,8 +30,9 @@ import sys
 
 import pytest
 
-from docs_support import (DOC_BASE, ROOT, SHELL_LANGS, check_command_output, compare_output, doc_pages,
-                          json_body_keys, parse_blocks, rewrite_base, shell_commands, shell_words)
+from docs_output import check_command_output, compare_output
+from docs_support import (DOC_BASE, ROOT, SHELL_LANGS, doc_pages, json_body_keys, parse_blocks, rewrite_base,
+                          shell_commands, shell_words)
 from server_support import ServerProcess
 
 COMMAND_TIMEOUT_S = 120
