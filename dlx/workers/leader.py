@@ -11,7 +11,7 @@ from dlx.params import SamplingParams
 from dlx.workers.admission import AdmissionPolicy
 from dlx.workers.metrics import EngineMetrics
 
-IDLE_WAIT_S = 0.5
+IDLE_WAIT_S = 1.0   # an idle leader wakes this often: to notice a stop and to refresh its heartbeat
 SEND_TIMEOUT_S = 10.0
 EVENTS_PER_MESSAGE = 64   # a step's events for one frontend travel together, at most this many per message
 
