@@ -18,8 +18,8 @@ from dlx.engine.engine import LLMEngine  # noqa: E402
 from dlx.engine.reference import DecodeSettings, choose_tokens  # noqa: E402
 from dlx.engine.runner import configure_kernels  # noqa: E402
 from dlx.kernels.attention import AttentionMetadata  # noqa: E402
-from dlx.models.dummy import BALANCE_METHOD  # noqa: E402
-from dlx.models.moe import Router, SparseMoE  # noqa: E402
+from dlx.models.dummy import BALANCE_METHOD, chosen_experts  # noqa: E402
+from dlx.models.moe import SparseMoE  # noqa: E402
 from dlx.models.shapes import write_shape_dir  # noqa: E402
 from dlx.params import SamplingParams  # noqa: E402
 from kernels import busy_ms  # noqa: E402
@@ -50,26 +50,6 @@ def read_bandwidth() -> float:
     """Bytes per second a kernel that only reads 4 GiB achieves (bench/read_ceiling.py): the roofline's rate."""
     num_bytes = 4 << 30
     return num_bytes / (read_ceiling_ms(num_bytes, events_ms)[0] * 1e-3)
-
-
-class ExpertCounter:
-    """Distinct experts each MoE layer chose in one step (forward hooks on the routers; they read the device, so
-    they are attached only to an untimed step)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.routers = [m for m in model.modules() if isinstance(m, Router)]
-        self.counts: list[int] = []
-        self.handles = []
-
-    def __enter__(self):
-        self.counts = []
-        self.handles = [r.register_forward_hook(lambda _m, _i, out: self.counts.append(int(out[0].unique().numel())))
-                        for r in self.routers]
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
 
 
 def step_bytes(model: torch.nn.Module, distinct: list[int], tokens: int, kv_tokens: int, logit_rows: int) -> int:
@@ -117,9 +97,9 @@ def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int)
             wanted = sum(len(engine.sampler.logit_positions(req)) for req in running if req.block_steps)
             steady = all(req.nfe >= 1 for req in running) and len(running) == batch and engine.scheduler.running
             if r and steady and not distinct:
-                with ExpertCounter(engine.model) as counter:
+                with chosen_experts(engine.model) as chosen:   # counted on an untimed step: unique() syncs
                     engine.step()
-                distinct = counter.counts
+                distinct = [int(chosen[i].unique().numel()) for i in sorted(chosen)]
                 continue
             if r and steady and len(busy) < 3 and torch.cuda.is_available():
                 busy_ms_, count = profiled_step(engine)

@@ -12,8 +12,8 @@ from dlx import LLM, SamplingParams
 from dlx.config import Config, ConfigError, add_cli_arguments, config_from_args
 from dlx.kernels.attention import AttentionMetadata
 from dlx.models import load_model
-from dlx.models.dummy import balance_routers, distinct_experts_per_layer, init_std, random_batch, routers_of, \
-    uniform_distinct_experts
+from dlx.models.dummy import balance_routers, chosen_experts, distinct_experts_per_layer, init_std, random_batch, \
+    routers_of, uniform_distinct_experts
 from dlx.models.llada2 import LLaDA2Config
 from dlx.models.shapes import write_shape_dir
 from dlx.models.tiny import tiny_corpus, tiny_llada2_config
@@ -47,14 +47,9 @@ def model(config_dir):
 def load_cv(model) -> list[float]:
     """Coefficient of variation of the experts' loads over 2048 fresh tokens, per MoE layer
     (0.09 is the sampling noise of a perfectly uniform router at 64 experts x top-4)."""
-    chosen = {}
     routers = routers_of(model)
-    handles = [r.register_forward_hook(lambda m, a, out, i=i: chosen.__setitem__(i, out[0]))
-               for i, r in enumerate(routers)]
-    with torch.no_grad():
+    with torch.no_grad(), chosen_experts(model) as chosen:
         model(*random_batch(model.config.vocab_size, 64, 32, 7, "cpu"))
-    for handle in handles:
-        handle.remove()
     loads = [torch.bincount(chosen[i].reshape(-1), minlength=r.num_experts).float() for i, r in enumerate(routers)]
     return [(load.std() / load.mean()).item() for load in loads]
 
@@ -99,14 +94,9 @@ def test_routing_is_balanced_by_the_expert_bias(model):
 
 def mask_block_distinct(model, mask_id: int) -> list[int]:
     """Distinct experts per layer for one block of 32 mask tokens: what a decoding step's rows mostly are."""
-    chosen = {}
-    handles = [r.register_forward_hook(lambda m, a, out, i=i: chosen.__setitem__(i, out[0]))
-               for i, r in enumerate(routers_of(model))]
     ids, positions, meta = random_batch(model.config.vocab_size, 1, 32, 3, "cpu")
-    with torch.no_grad():
+    with torch.no_grad(), chosen_experts(model) as chosen:
         model(torch.full_like(ids, mask_id), positions, meta)
-    for handle in handles:
-        handle.remove()
     return [chosen[i].unique().numel() for i in sorted(chosen)]
 
 

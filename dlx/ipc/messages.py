@@ -41,15 +41,13 @@ class Step(TypedDict, total=False):
     nfe: int
     finished: bool
     reason: str               # finished only: stop | length | max_nfe | repetition | abort
-    timing: dict              # finished: the whole TIMING_KEYS; a request's first step: queue_s and prefill_s
+    timing: dict              # finished: queue_s, prefill_s, decode_s, tokens_per_s, tokens_per_forward;
+    #                           a request's first step: queue_s and prefill_s
 
 
 class Batch(TypedDict):
     type: str
     events: list[dict]
-
-
-TIMING_KEYS = ("queue_s", "prefill_s", "decode_s", "tokens_per_s", "tokens_per_forward")
 
 
 def generate(rid: str, prompt: list[int], params: dict) -> Generate:

@@ -1,9 +1,9 @@
 """Dummy weights: seeded random parameters made on the model's own device (no checkpoint read), routers balanced
 the way trained LLaDA2 routers are (auxiliary-loss-free expert bias), and the distinct-experts statistic showing it."""
+import contextlib
 import zlib
 
 import torch
-import torch.nn.functional as F
 
 from dlx.kernels.attention import AttentionMetadata
 from dlx.kernels.moe_router import route_reference
@@ -151,27 +151,33 @@ def solve_expert_bias(logits: torch.Tensor, router: Router, steps: int = BALANCE
     return bias
 
 
+@contextlib.contextmanager
+def chosen_experts(model: torch.nn.Module):
+    """Records, while open, the expert ids [tokens, top_k] each router chose in the latest forward: a dict from
+    the router's index (MoE layers in order) to its choice. The hooks read nothing from the device themselves."""
+    chosen: dict[int, torch.Tensor] = {}
+    handles = [r.register_forward_hook(lambda module, args, out, i=i: chosen.__setitem__(i, out[0]))
+               for i, r in enumerate(routers_of(model))]
+    try:
+        yield chosen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def distinct_experts_per_layer(model: torch.nn.Module, tokens: int = 32, seed: int = MEASURE_SEED,
                                sequences: int = 1) -> list[float]:
     """Distinct experts that `tokens` fresh random tokens (one sequence, one bidirectional block, as in a decoding
     step) touch in each MoE layer, top-k each, averaged over `sequences` independent draws. Works whichever kernels
     the model is set to; under tensor parallelism every rank must call it together."""
-    routers = routers_of(model)
     device = model.word_embeddings.weight.device
-    chosen: dict[int, torch.Tensor] = {}
-    handles = [r.register_forward_hook(lambda module, args, out, i=i: chosen.__setitem__(i, out[0]))
-               for i, r in enumerate(routers)]
-    totals = [0.0] * len(routers)
-    try:
+    totals = [0.0] * len(routers_of(model))
+    with chosen_experts(model) as chosen:
         for draw in range(sequences):
-            ids, positions, meta = random_batch(model.config.vocab_size, 1, tokens, seed + draw, device)
-            model(ids, positions, meta)
-            for i in range(len(routers)):
+            model(*random_batch(model.config.vocab_size, 1, tokens, seed + draw, device))
+            for i in range(len(totals)):
                 totals[i] += chosen[i].unique().numel()
-    finally:
-        for handle in handles:
-            handle.remove()
     return [total / sequences for total in totals]
 
 
@@ -179,15 +185,3 @@ def uniform_distinct_experts(num_experts: int, top_k: int, tokens: int) -> float
     """Expected distinct experts when each token picks top_k different experts uniformly and independently:
     163.3 for 256 experts, top-8, 32 tokens."""
     return num_experts * (1 - (1 - top_k / num_experts) ** tokens)
-
-
-def balance_report(model: torch.nn.Module, tokens: int = 32, sequences: int = 4) -> str:
-    """Two lines for a benchmark header: how the routers were balanced, and the measured distinct experts."""
-    cfg = model.config
-    if not routers_of(model):
-        return "dense model: no routers to balance"
-    measured = distinct_experts_per_layer(model, tokens, sequences=sequences)
-    uniform = uniform_distinct_experts(cfg.num_experts, cfg.num_experts_per_tok, tokens)
-    return (f"{BALANCE_METHOD}\ndistinct experts per MoE layer for {tokens} fresh random tokens x top-"
-            f"{cfg.num_experts_per_tok} (uniform: {uniform:.1f} of {cfg.num_experts}): "
-            + " ".join(f"{d:.0f}" for d in measured))

@@ -207,7 +207,7 @@ class Leader:
         if not force and counts == self.published_counts and now - self.last_publish < 0.1:
             return
         self.last_publish, self.published_counts = now, counts
-        gauges = {"running": len(self.engine.scheduler.running), "waiting": len(self.engine.scheduler.waiting),
+        gauges = {"running": counts[0], "waiting": counts[1],
                   "kv_pages_used": self.engine.kv.num_used, "kv_pages_free": self.engine.kv.num_free,
                   "kv_pages_cached": self.engine.kv.num_cached}
         self.board.write(self.slot, {"pid": os.getpid(), "generation": self.generation, "ready": True,
