@@ -94,7 +94,9 @@ def test_idle_server_does_not_spin(server):
     before = cpu_seconds(pids)
     time.sleep(10)   # long enough that the 10 ms tick of each process's CPU time blurs the sum little
     used = cpu_seconds(pids) - before
-    assert used < 0.02 * 10, f"idle server processes used {used:.2f} CPU-seconds in 10 s"
+    # Five processes' periodic wake-ups (ring timeouts, heartbeats, gunicorn's worker loop) cost about 0.035
+    # CPU-s a second after the burst of 200 streams above (0.015 after quiet traffic); one spinning core is 1.0.
+    assert used < 0.05 * 10, f"idle server processes used {used:.2f} CPU-seconds in 10 s"
 
 
 def named_semaphores(pid: int) -> list[str]:
