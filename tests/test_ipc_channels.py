@@ -73,6 +73,32 @@ def test_get_under_gevent_lets_other_greenlets_run():
     assert done.stderr == ""
 
 
+def test_an_idle_readers_sleep_ends_on_wake_or_on_a_message():
+    """A frontend's reader sleeps long when it has nothing in flight; submit() wakes it, and so does mail."""
+    pytest.importorskip("gevent")
+    script = textwrap.dedent(f"""
+        from gevent import monkey; monkey.patch_all()
+        import gevent
+        from dlx.ipc import ChannelSet, run_prefix
+        owner = ChannelSet.create(run_prefix("{TAG}idle"), count=1, num_slots=4, slot_bytes=128)
+        engine, frontend = ChannelSet.attach(owner.prefix), ChannelSet.claim(owner.prefix)
+        engine_side = engine.channels[0]
+        for wake in (frontend.wake, lambda: engine_side.send({{"n": 1}})):
+            sleeper = gevent.spawn(frontend.sleep_until_incoming, 600.0)
+            gevent.sleep(0.05)
+            wake()
+            sleeper.join(timeout=30)
+            print(sleeper.dead, end=" ")
+        print(frontend.recv(timeout=0))
+        frontend.sleep_until_incoming(0.01)   # nothing came: back after the timeout
+        frontend.close(); engine.close(); owner.unlink_all()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "{'n':", "1}"]
+
+
 # ---- channels --------------------------------------------------------------------------------------
 def test_channel_dict_round_trip_between_frontend_process_and_engine(prefix):
     owner = ChannelSet.create(prefix, count=2, num_slots=8, slot_bytes=256)

@@ -15,6 +15,9 @@ HEARTBEAT_STALE_S = 10.0
 # A group found ready stays trusted this long, so a burst of submits shares one check (two /proc reads,
 # two board reads). A death inside the window still reaches the request: the reader fails its channel.
 READY_CACHE_S = 0.05
+# A reader whose channel has no request in flight sleeps this long between looks at the engine; submit()
+# wakes it at once, so a request never waits on this (each wake-up of an idle server costs CPU).
+IDLE_READER_S = 30.0
 
 
 class EngineUnavailable(Exception):
@@ -64,6 +67,7 @@ class EngineClient:
         except IpcError as exc:
             self.inflight.pop(handle.rid, None)
             raise EngineUnavailable(f"the engine did not take the request ({exc})") from exc
+        channel.wake()   # an idle reader goes back to checking the engine's liveness for this request
         return handle
 
     def pick_channel(self):
@@ -115,7 +119,9 @@ class EngineClient:
             except IpcError:
                 gevent.sleep(0.5)
                 continue
-            if msg is None:
+            if msg is None:   # a quiet second: sleep long unless a request of ours is in flight
+                if not any(h.channel is channel for h in self.inflight.values()):
+                    channel.sleep_until_incoming(IDLE_READER_S)
                 continue
             for event in messages.unbatch(msg):
                 handle = self.inflight.get(event.get("rid"))

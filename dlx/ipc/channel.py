@@ -54,6 +54,17 @@ class Channel:
         payload = self._inbox.get(timeout)
         return None if payload is None else decode_message(payload)
 
+    def sleep_until_incoming(self, timeout: float) -> None:
+        """Sleep until a message arrives, wake() rings, or `timeout` passes, without the peer checks recv()
+        makes every LIVENESS_INTERVAL: an idle reader has no request to fail when the peer dies, so it need
+        not wake for them. Only the one reader of this side may call it; follow it with recv()."""
+        if not self._inbox.has_data() and not self._inbox.closed:
+            self._inbox.data_bell.wait(timeout)
+
+    def wake(self) -> None:
+        """End this side's sleep_until_incoming() early (from another greenlet of the same process)."""
+        self._inbox.data_bell.ring()
+
     def has_incoming(self) -> bool:
         return self._inbox.has_data()
 

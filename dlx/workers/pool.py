@@ -1,6 +1,7 @@
 """The worker pool: spawns tensor-parallel × data-parallel worker processes, and a supervisor thread that
 notices a dead worker, takes the pool down, marks the server unhealthy and starts a fresh pool."""
 import multiprocessing.connection
+import os
 import socket
 import threading
 import time
@@ -94,12 +95,14 @@ class Supervisor(threading.Thread):
         self.pool = pool
         self.stopping = threading.Event()
         self.restarts = 0
+        # stop() writes here, so the wait below needs no timeout: an idle server's supervisor never wakes.
+        self.wake_read, self.wake_write = os.pipe()
 
     def run(self) -> None:
         backoff = 1.0
         while not self.stopping.is_set():
             sentinels = [p.sentinel for p in self.pool.processes]
-            multiprocessing.connection.wait(sentinels, timeout=1.0)
+            multiprocessing.connection.wait(sentinels + [self.wake_read])
             if self.stopping.is_set() or not self.pool.dead():
                 continue
             self.pool.set_state("restarting")
@@ -116,3 +119,4 @@ class Supervisor(threading.Thread):
 
     def stop(self) -> None:
         self.stopping.set()
+        os.write(self.wake_write, b"x")
