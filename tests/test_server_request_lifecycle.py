@@ -14,10 +14,9 @@ from server_support import ServerProcess, sse_events
 
 PROMPT = "Solve: 12 + 30."            # the embedded model answers 42 in one forward at the default threshold
 TIMING_KEYS = {"queue_s", "prefill_s", "decode_s", "tokens_per_s", "tokens_per_forward"}
-
-
 # A bound against a hung server, not a timing: a loaded 2-core CI machine once took over 60 s for 96 forwards.
 REQUEST_TIMEOUT_S = 300
+
 
 @pytest.fixture(scope="module")
 def server():
