@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session (see docs/benchmarks.md), in parts that each fit one device call: logs land in $OUT.
 # Measured on the H100 machine: tests ~140 s, kernels ~70 s, serve ~300 s, quicksweep ~200 s, sweep more than 400 s.
+# serve-mini: estimated (not yet measured) at 5-7 min: two loads of the mini shape, 2 x 4 levels x (warm-up + 3 runs).
 # Usage: bash bench/gpu_session.sh [tests] [kernels] [serve] [servevaried] [servepinned] [stepgap] [sweep] [quicksweep]
-#        [shorttiles] [servesteps]   (no argument: tests kernels serve)
+#        [shorttiles] [servesteps] [serve-mini]   (no argument: tests kernels serve)
 # Missing Python packages travel as wheels in .whl/ (see the device notes); run from the repository root.
 set -o pipefail
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/dlx-gpu-out}
@@ -28,17 +29,17 @@ for part in $parts; do
       timeout 150 python3 bench/decode.py --requests 32 --max-tokens 64 2>&1 | tail -n 8 | tee "$OUT/decode.md" ;;
     serve)
       timeout 240 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 192 --max-tokens 64 \
-        --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 3 2>&1 | tail -n 20 | tee "$OUT/serve.md"
+        --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 3 2>&1 | tail -n 32 | tee "$OUT/serve.md"
       timeout 150 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 64 --max-tokens 256 \
-        --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 3 --port 18322 2>&1 | tail -n 20 | tee "$OUT/serve256.md" ;;
+        --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 3 --port 18322 2>&1 | tail -n 32 | tee "$OUT/serve256.md" ;;
     servevaried)   # answers of 64-256 tokens: requests finish at different steps, as real traffic does
       timeout 300 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 128 --max-tokens 64 \
         --max-tokens-to 256 --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 3 --port 18324 2>&1 \
-        | tail -n 20 | tee "$OUT/serve_varied.md" ;;
+        | tail -n 32 | tee "$OUT/serve_varied.md" ;;
     servepinned)   # both engines on CPU 2, frontends and clients elsewhere: isolates the transport
       timeout 240 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 192 --max-tokens 64 \
         --concurrency 1,32 --kv-pages 8192 --max-model-len 1024 --rounds 3 --pin-engines 2 --port 18323 2>&1 \
-        | tail -n 20 | tee "$OUT/serve_pinned.md" ;;
+        | tail -n 32 | tee "$OUT/serve_pinned.md" ;;
     stepgap)       # does an idle gap between steps slow the next one (why the leader polls its follower window)
       timeout 120 python3 bench/step_gap.py 2>&1 | tee "$OUT/step_gap.md" ;;
     sweep)
@@ -53,12 +54,18 @@ for part in $parts; do
     servesteps)    # answers that last 32-96 steps (one token a forward), as LLaDA2.0-mini's last 100-400
       timeout 200 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 24 --max-tokens 32 \
         --max-tokens-to 96 --accept-threshold 1.0 --concurrency 1 --kv-pages 8192 --max-model-len 1024 --rounds 3 \
-        --port 18325 2>&1 | tail -n 20 | tee "$OUT/serve_steps_c1.md"
+        --port 18325 2>&1 | tail -n 32 | tee "$OUT/serve_steps_c1.md"
       timeout 150 python3 bench/serve.py --model dlx/assets/dlx-tiny --device cuda --requests 192 --max-tokens 32 \
         --max-tokens-to 96 --accept-threshold 1.0 --concurrency 32 --kv-pages 8192 --max-model-len 1024 --rounds 3 \
-        --port 18326 2>&1 | tail -n 20 | tee "$OUT/serve_steps_c32.md" ;;
+        --port 18326 2>&1 | tail -n 32 | tee "$OUT/serve_steps_c32.md" ;;
+    serve-mini)    # LLaDA2.0-mini shape, dummy weights: HTTP against in-process at concurrency 1-64, two
+                   # requests per client of 32-64 tokens (~40-75 steps each at one token a forward)
+      python3 -m dlx.models.shapes /tmp/dlx-mini-shape --shape mini >/dev/null
+      timeout 540 python3 bench/serve.py --model /tmp/dlx-mini-shape --load-format dummy --device cuda \
+        --concurrency 1,8,32,64 --requests-per-client 2 --max-tokens 32 --max-tokens-to 64 --kv-pages 1024 \
+        --max-model-len 1024 --rounds 3 --port 18327 2>&1 | tee "$OUT/serve_mini.md" ;;
     *) echo "unknown part $part (tests kernels serve servevaried servepinned stepgap sweep quicksweep shorttiles"
-       echo "                    servesteps)"
+       echo "                    servesteps serve-mini)"
        exit 2 ;;
   esac
 done

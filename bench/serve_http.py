@@ -99,7 +99,9 @@ def client_process(url: str, lanes: list[list[tuple[list[int], int]]], start_at:
 def run_http(url: str, work: list[tuple[list[int], int]], concurrency: int, clients: tuple,
              server_pid: int = 0) -> dict:
     """The closed loop through HTTP: `concurrency` client lanes spread over the client process pool, so the
-    client's own Python is never what the server waits for. `clients` = (process pool, its size)."""
+    client's own Python is never what the server waits for. `clients` = (process pool, its size). Engine steps
+    are the server's /metrics counters before and after: the engine is idle outside the clients' window, so they
+    count the steps of that window, as the in-process loop counts its own."""
     lanes = [work[j::concurrency] for j in range(concurrency)]
     pool, processes = clients
     before = engine_counters(url)
@@ -115,8 +117,8 @@ def run_http(url: str, work: list[tuple[list[int], int]], concurrency: int, clie
         cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items() if v - cpu_before.get(k, 0.0) > 0.005}
     time.sleep(0.3)   # the leader publishes counters at most every 0.1 s while busy
     after = engine_counters(url)
-    return {"wall_s": wall, "tokens": sum(r[2] for r in results), "ttft_s": sum(r[0] for r in results) / len(results),
-            "stream_tps": sum(r[2] / r[1] for r in results) / len(results),
+    return {"wall_s": wall, "tokens": sum(r[2] for r in results), "ttfts": [r[0] for r in results],
+            "stream_tps": [r[2] / r[1] for r in results],
             "outside_engine_s": sum(r[1] - r[3] for r in results) / len(results), "cpu": cpu,
             **{k: after.get(k, 0) - before.get(k, 0) for k in ("steps", "nfe", "busy_s", "steps_under_160ms",
                                                                        "waits_caught", "waits_empty", "held_s")}}
