@@ -66,11 +66,7 @@ class LLMEngine:
             raise ValueError(f"{num_pages} KV pages cannot hold one request of --max-model-len {cfg.max_model_len}")
         self.runner = self.make_runner(num_pages)
         if cfg.cuda_graphs:
-            before = torch.cuda.memory_reserved()
-            count, seconds = self.runner.use_graphs(cfg.max_num_reqs, cfg.buffer_size, cfg.max_model_len)
-            used = (torch.cuda.memory_reserved() - before) / 2**30
-            self.facts.append(f"CUDA graphs: {count} captured in {seconds:.1f} s, {used:.2f} GiB "
-                              "(--enforce-eager turns them off)")
+            self.capture_graphs()
         self.kv = KVCacheManager(num_pages, cfg.page_size, not cfg.disable_prefix_caching)
         self.scheduler = Scheduler(self.kv, cfg.max_num_reqs, cfg.max_num_batched_tokens,
                                    cfg.buffer_size, cfg.add_block_threshold)
@@ -78,6 +74,19 @@ class LLMEngine:
                                cfg.edit_threshold, cfg.max_post_edit_steps)
         self.last_metrics = StepMetrics()
         self.last_finished: dict[str, Request] = {}   # requests that finished in the latest step
+
+    def capture_graphs(self) -> None:
+        """Capture the decode step's graphs; a capture that fails leaves the engine serving eagerly, and says so."""
+        cfg, before = self.cfg, torch.cuda.memory_reserved()
+        try:
+            count, seconds = self.runner.use_graphs(cfg.max_num_reqs, cfg.buffer_size, cfg.max_model_len)
+        except Exception as exc:   # noqa: BLE001 (any capture error: eager steps still serve)
+            self.runner.graphs = None
+            self.facts.append(f"warning: CUDA graph capture failed, serving eagerly ({type(exc).__name__}: {exc})")
+            return
+        used = (torch.cuda.memory_reserved() - before) / 2**30
+        self.facts.append(f"CUDA graphs: {count} captured in {seconds:.1f} s, {used:.2f} GiB "
+                          "(--enforce-eager turns them off)")
 
     def make_runner(self, num_pages: int) -> ModelRunner:
         """A runner whose buffers hold any step: the token budget in rows, every request's pages, and the logit
