@@ -78,9 +78,24 @@ def random_prompt(engine: LLMEngine, length: int, seed: int) -> list[int]:
     return torch.where(torch.isin(ids, special), (ids + 1) % engine.vocab_size, ids).tolist()
 
 
+class GpuWait:
+    """Wraps the sampler's choose(), where a step first waits for the GPU: the time of a synchronize() there is
+    the step's wait, and the rest of the step is host time (scheduler, inputs, launches, commits, snapshots)."""
+
+    def __init__(self, engine: LLMEngine):
+        self.seconds, self.choose = 0.0, engine.sampler.choose
+        engine.sampler.choose = self
+
+    def __call__(self, *args):
+        start = time.perf_counter()
+        sync()
+        self.seconds += time.perf_counter() - start
+        return self.choose(*args)
+
+
 def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int) -> dict | None:
     """Median whole-step ms over `rounds` rounds of 31 steady steps (batch requests, context cached tokens each,
-    one 32-token block at threshold 1, one token a forward), with the step's roofline bytes beside each."""
+    one 32-token block at threshold 1, one token a forward), with the step's roofline bytes and host ms beside."""
     prompts = [random_prompt(engine, context, seed + i) for i in range(batch)]
     warm = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
     for prompt in prompts:   # prefill once: the measured rounds find their prompts in the prefix cache
@@ -88,7 +103,8 @@ def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int)
     while engine.has_work():
         engine.step()
     params = SamplingParams(temperature=0, max_tokens=BLOCK, ignore_eos=True, threshold=1.0)
-    steps, rows, distinct, busy, kernels = [], [], [], [], []
+    steps, rows, distinct, busy, kernels, host = [], [], [], [], [], []
+    wait = GpuWait(engine) if not isinstance(engine.sampler.choose, GpuWait) else engine.sampler.choose
     for r in range(rounds + 1):   # round 0 warms up
         for prompt in prompts:
             engine.add_request(prompt, params)
@@ -107,17 +123,19 @@ def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int)
                 kernels.append(count)
                 continue
             sync()
-            start = time.perf_counter()
+            start, waited = time.perf_counter(), wait.seconds
             engine.step()
             elapsed = time.perf_counter() - start
             if r and steady:
                 steps.append(elapsed * 1e3)
+                host.append((elapsed - (wait.seconds - waited)) * 1e3)
                 rows.append(wanted)
     if not steps:   # the batch never ran together (its prompts' pages were not all still cached)
         return None
     roof = [step_bytes(engine.model, distinct, batch * BLOCK, batch * context, n) for n in rows]
-    return {"step_ms": statistics.median(steps), "steps": len(steps), "distinct": distinct,
-            "bytes": statistics.median(roof), "busy_ms": statistics.median(busy) if busy else float("nan"),
+    return {"step_ms": statistics.median(steps), "steps": len(steps), "host_ms": statistics.median(host),
+            "distinct": distinct, "bytes": statistics.median(roof),
+            "busy_ms": statistics.median(busy) if busy else float("nan"),
             "kernels": statistics.median(kernels) if kernels else 0}
 
 
@@ -172,33 +190,42 @@ def main() -> None:
     load_s = time.perf_counter() - started
     bandwidth = read_bandwidth()
     naive = {c: naive_step_ms(engine, c) for c in (int(x) for x in args.naive_contexts.split(",") if x)}
+    rows = [(batch, context) for context in contexts for batch in batches]
+    eager = {row: measure_row(engine, *row, args.rounds) for row in rows}   # first: no graph is captured yet
+    graphs, capture_s = engine.runner.use_graphs(cfg.max_num_reqs, cfg.buffer_size, cfg.max_model_len)
     print(f"\nEngine step on {torch.cuda.get_device_name()} — LLaDA2.0-{args.shape} shape"
           f"{f' cut to {args.layers} layers' if args.layers else ''}, bf16, dummy weights loaded in {load_s:.1f} s; "
           f"{BALANCE_METHOD}; read bandwidth {bandwidth / 1e12:.2f} TB/s (a kernel that only reads 4 GiB); "
-          f"torch {torch.__version__}; attention {cfg.attn_impl}, MoE {cfg.moe_impl}; CUDA graphs: not yet "
-          f"(eager); each request: `context` cached tokens + one 32-token block at threshold 1 (one token a "
-          f"forward); step = the whole LLMEngine.step(), median of {args.rounds} × 31 steady steps\n")
-    print("| batch | context | dlx eager step ms | GPU busy ms | kernels | roofline ms | ÷ roofline "
-          "| distinct experts per MoE layer (min–max, mean) | naive generate() way, batch 1 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for context in contexts:
-        for batch in batches:
-            try:
-                m = measure(engine, batch, context, args.rounds, seed=batch * 7919 + context)
-            except torch.OutOfMemoryError:
-                print(f"| {batch} | {context} | out of memory | | | | | | |")
-                torch.cuda.empty_cache()
-                continue
-            if m is None:
-                print(f"| {batch} | {context} | not measured: the batch never ran together | | | | | | |")
-                continue
-            roof_ms = m["bytes"] / bandwidth * 1e3
-            d = m["distinct"]
-            slow = naive.get(context) if batch == 1 else None
-            base = f"{slow:.1f} ms ({slow / m['step_ms']:.0f}×)" if slow else ""
-            print(f"| {batch} | {context} | {m['step_ms']:.2f} | {m['busy_ms']:.2f} | {m['kernels']:.0f} "
-                  f"| {roof_ms:.2f} | {m['step_ms'] / roof_ms:.2f}× | {min(d)}–{max(d)}, {statistics.mean(d):.0f} "
-                  f"| {base} |", flush=True)
+          f"torch {torch.__version__}; attention {cfg.attn_impl}, MoE {cfg.moe_impl}; {graphs} CUDA graphs captured "
+          f"in {capture_s:.1f} s; each request: `context` cached tokens + one 32-token block at threshold 1 (one "
+          f"token a forward); step = the whole LLMEngine.step(), median of {args.rounds} × 31 steady steps; host ms = "
+          f"the step's time outside its wait for the GPU\n")
+    print("| batch | context | eager step ms | graphs step ms | host ms | GPU busy ms | kernels | roofline ms "
+          "| graphs ÷ roofline | distinct experts per MoE layer (min–max, mean) | naive generate() way, batch 1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for batch, context in rows:
+        m, e = measure_row(engine, batch, context, args.rounds), eager[(batch, context)]
+        if isinstance(m, str) or isinstance(e, str):
+            print(f"| {batch} | {context} | {e if isinstance(e, str) else ''} | {m if isinstance(m, str) else ''} "
+                  "| | | | | | | |")
+            continue
+        roof_ms = m["bytes"] / bandwidth * 1e3
+        d = m["distinct"]
+        slow = naive.get(context) if batch == 1 else None
+        base = f"{slow:.1f} ms ({slow / m['step_ms']:.0f}×)" if slow else ""
+        print(f"| {batch} | {context} | {e['step_ms']:.2f} | {m['step_ms']:.2f} | {m['host_ms']:.2f} "
+              f"| {m['busy_ms']:.2f} | {m['kernels']:.0f} | {roof_ms:.2f} | {m['step_ms'] / roof_ms:.2f}× "
+              f"| {min(d)}–{max(d)}, {statistics.mean(d):.0f} | {base} |", flush=True)
+
+
+def measure_row(engine: LLMEngine, batch: int, context: int, rounds: int) -> dict | str:
+    """measure(), or why a row has no number."""
+    try:
+        m = measure(engine, batch, context, rounds, seed=batch * 7919 + context)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return "out of memory"
+    return m if m is not None else "not measured: the batch never ran together"
 
 
 if __name__ == "__main__":

@@ -177,6 +177,12 @@ class Config:
             raise ConfigError(f"--engine-cpus {self.engine_cpus} must be CPUs this process may use "
                               f"({sorted(allowed)}) and leave at least one for the frontends")
 
+    @property
+    def cuda_graphs(self) -> bool:
+        """Capture the decode step's CUDA graphs: on a GPU with the Triton kernels, unless turned off."""
+        return (self.device == "cuda" and self.attn_impl == "triton_grouped" and self.moe_impl == "triton"
+                and not self.enforce_eager and not self.disable_cuda_graphs)
+
     def engine_cpu_list(self) -> list[int]:
         """--engine-cpus as CPU numbers in worker order ("2,3" or "2-3"); empty when not pinning."""
         cpus = []
@@ -225,6 +231,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                              "of the batch and while such waits keep catching arrivals; 0 disables",
         "engine_cpus": "pin each engine worker to its own CPU, e.g. 2,3 or 2-3 (one per worker; the launcher "
                        "and frontends keep the others): a Python-bound step then never shares its core",
+        "enforce_eager": "run every step eagerly: no CUDA graphs (same as --disable-cuda-graphs)",
+        "disable_cuda_graphs": "run every step eagerly: no CUDA graphs (same as --enforce-eager)",
         "no_frontend": "start only the engine workers; attach gunicorn frontends separately",
         "frontend_workers": "gunicorn gevent frontend processes (default: one per 4 CPU cores, 2 to 8)",
         "api_key": "require 'Authorization: Bearer KEY' (also DLX_API_KEY)",

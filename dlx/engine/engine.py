@@ -9,7 +9,7 @@ import torch
 from dlx.config import Config
 from dlx.engine.kv_manager import KVCacheManager
 from dlx.engine.request import Request, Status
-from dlx.engine.runner import ModelRunner, fused_impl
+from dlx.engine.runner import ModelRunner
 from dlx.engine.sampler import Sampler
 from dlx.engine.scheduler import Scheduler
 from dlx.models import load_model
@@ -60,27 +60,70 @@ class LLMEngine:
         self.model = model or load_model(cfg.model, cfg.dtype, cfg.device, cfg.load_format)
         self.mask_id, self.eos_id = special_ids(cfg)
         self.vocab_size = self.model.config.vocab_size
+        self.facts: list[str] = []    # start-up facts the launcher prints (graphs captured, their memory)
         num_pages = cfg.num_kv_pages or self.default_num_pages()
         if num_pages * cfg.page_size < cfg.max_model_len + cfg.page_size:
             raise ValueError(f"{num_pages} KV pages cannot hold one request of --max-model-len {cfg.max_model_len}")
-        self.runner = ModelRunner(self.model, cfg.block_size, cfg.page_size, num_pages, cfg.attn_impl, cfg.moe_impl)
+        self.runner = self.make_runner(num_pages)
+        if cfg.cuda_graphs:
+            self.capture_graphs()
         self.kv = KVCacheManager(num_pages, cfg.page_size, not cfg.disable_prefix_caching)
         self.scheduler = Scheduler(self.kv, cfg.max_num_reqs, cfg.max_num_batched_tokens,
                                    cfg.buffer_size, cfg.add_block_threshold)
         self.sampler = Sampler(self.mask_id, cfg.accept_threshold, cfg.semi_complete_threshold,
-                               cfg.edit_threshold, cfg.max_post_edit_steps, impl=fused_impl(cfg.attn_impl))
+                               cfg.edit_threshold, cfg.max_post_edit_steps)
         self.last_metrics = StepMetrics()
         self.last_finished: dict[str, Request] = {}   # requests that finished in the latest step
+
+    def capture_graphs(self) -> None:
+        """Capture the decode step's graphs; a capture that fails leaves the engine serving eagerly, and says so."""
+        cfg, before = self.cfg, torch.cuda.memory_reserved()
+        try:
+            count, seconds = self.runner.use_graphs(cfg.max_num_reqs, cfg.buffer_size, cfg.max_model_len)
+        except Exception as exc:   # noqa: BLE001 (any capture error: eager steps still serve)
+            self.runner.graphs = None
+            self.facts.append(f"warning: CUDA graph capture failed, serving eagerly ({type(exc).__name__}: {exc})")
+            return
+        used = (torch.cuda.memory_reserved() - before) / 2**30
+        self.facts.append(f"CUDA graphs: {count} captured in {seconds:.1f} s, {used:.2f} GiB "
+                          "(--enforce-eager turns them off)")
+
+    def make_runner(self, num_pages: int) -> ModelRunner:
+        """A runner whose buffers hold any step: the token budget in rows, every request's pages, and the logit
+        rows of max_num_reqs requests with buffer_size open blocks each."""
+        cfg = self.cfg
+        pages = -(-(cfg.max_model_len + cfg.block_size) // cfg.page_size)
+        logit_rows = cfg.max_num_reqs * cfg.block_size * cfg.buffer_size
+        limits = (cfg.max_num_batched_tokens, cfg.max_num_reqs, pages, logit_rows)
+        return ModelRunner(self.model, cfg.block_size, cfg.page_size, num_pages, self.mask_id, limits, cfg.attn_impl,
+                           cfg.moe_impl)
 
     def default_num_pages(self) -> int:
         page_bytes = ModelRunner.page_bytes(self.model, self.cfg.page_size)
         if self.cfg.device == "cuda":
+            reserve = self.graph_memory() if self.cfg.cuda_graphs else 0
             free, _ = torch.cuda.mem_get_info()
             total = torch.cuda.get_device_properties(0).total_memory
-            budget = free - total * (1 - self.cfg.gpu_memory_utilization)
+            budget = free - total * (1 - self.cfg.gpu_memory_utilization) - reserve
             return max(1, int(budget // page_bytes))
         wanted = self.cfg.max_num_reqs * -(-self.cfg.max_model_len // self.cfg.page_size) + 1
         return max(2, min(wanted, (1 << 30) // page_bytes))
+
+    def graph_memory(self) -> int:
+        """Bytes the CUDA graphs will hold beside the KV cache: the peak of one eager run of the largest body and
+        head buckets on a two-page scratch cache (their pool holds the largest graph's activations), buffers
+        included."""
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        scratch = self.make_runner(2)
+        scratch.use_graphs(self.cfg.max_num_reqs, self.cfg.buffer_size, self.cfg.max_model_len, capture=False)
+        scratch.graphs.run_largest()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        del scratch
+        torch.cuda.empty_cache()
+        return peak
 
     def add_request(self, prompt: list[int], params: SamplingParams, rid: str | None = None) -> Request:
         if not prompt:

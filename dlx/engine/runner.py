@@ -1,10 +1,13 @@
-"""Model runner: owns the model and its paged KV cache; turns a scheduled batch into one ragged forward
-(input ids, positions, page tables, slot mapping) and returns the logits of the rows the sampler needs."""
+"""Model runner: owns the model, its paged KV cache, the step's input buffers and CUDA graphs; turns a scheduled
+batch into one ragged forward and returns the logits of the rows the sampler needs with their greedy choice."""
 import torch
 
+from dlx.engine.graphs import GraphPlan, StepGraphs
 from dlx.engine.request import Request
 from dlx.engine.scheduler import StepPlan
+from dlx.engine.step_io import LogitRows, StepBuffers, StepInputs, gather_inputs
 from dlx.kernels.attention import AttentionMetadata
+from dlx.kernels.sampling import argmax_prob
 from dlx.models.moe import Router, SparseMoE
 
 
@@ -25,9 +28,10 @@ def configure_kernels(model: torch.nn.Module, attn_impl: str, moe_impl: str) -> 
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, block_size: int, page_size: int, num_pages: int,
-                 attn_impl: str = "naive", moe_impl: str = "naive"):
-        self.model, self.block_size, self.page_size = model, block_size, page_size
+    def __init__(self, model: torch.nn.Module, block_size: int, page_size: int, num_pages: int, mask_id: int,
+                 limits: tuple[int, int, int, int], attn_impl: str = "naive", moe_impl: str = "naive"):
+        """limits: (rows, requests, pages per request, logit rows) a step can need, which sizes its buffers."""
+        self.model, self.block_size, self.page_size, self.mask_id = model, block_size, page_size, mask_id
         self.device = next(model.parameters()).device
         layers = model.attention_layers()
         first = layers[0]
@@ -37,6 +41,19 @@ class ModelRunner:
         for i, attn in enumerate(layers):
             attn.k_cache, attn.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]
         configure_kernels(model, attn_impl, moe_impl)
+        self.sampling_impl = fused_impl(attn_impl)
+        self.buffers = StepBuffers(*limits, self.device)
+        self.graphs: StepGraphs | None = None
+
+    def use_graphs(self, max_requests: int, buffer_size: int, max_context_len: int,
+                   capture: bool = True) -> tuple[int, float]:
+        """Capture the decode step's graphs (they need the Triton attention, whose launch shapes come from the
+        buckets); returns (graphs, seconds). capture False only plans them (to measure their memory)."""
+        if self.sampling_impl != "triton":
+            raise ValueError("CUDA graphs need --attn-impl triton_grouped")
+        plan = GraphPlan.build(max_requests, self.block_size, buffer_size, self.buffers.rows)
+        self.graphs = StepGraphs(self.model, self.buffers, plan, max_context_len, self.mask_id, self.sampling_impl)
+        return self.graphs.capture_all() if capture else (0, 0.0)
 
     @staticmethod
     def page_bytes(model: torch.nn.Module, page_size: int) -> int:
@@ -46,28 +63,22 @@ class ModelRunner:
         return len(layers) * 2 * page_size * first.num_kv_heads * first.head_dim * itemsize
 
     @torch.no_grad()
-    def run(self, batch: list[Request], plans: dict[str, StepPlan], positions: list[list[int]]) -> torch.Tensor:
-        """One forward for the whole batch; returns the logits at every request's `positions[i]`, request
-        after request, as one [rows, vocab] tensor."""
-        ids, pos, slots, query_lens, contexts, tables, logit_rows = [], [], [], [], [], [], []
-        offset = 0
-        for req, wanted in zip(batch, positions):
-            plan = plans[req.rid]
-            ids += req.tokens[plan.start:plan.end]
-            pos += range(plan.start, plan.end)
-            slots += [req.pages[i // self.page_size] * self.page_size + i % self.page_size
-                      for i in range(plan.start, plan.store_end)]
-            slots += [-1] * (plan.end - plan.store_end)
-            query_lens.append(plan.end - plan.start)
-            contexts.append(plan.start)
-            tables.append(req.pages)
-            logit_rows += [offset + p - plan.start for p in wanted]
-            offset += plan.end - plan.start
-        width = max(1, max(len(t) for t in tables))
-        page_tables = torch.tensor([t + [-1] * (width - len(t)) for t in tables], dtype=torch.int32)
-        cu = torch.tensor([0] + query_lens).cumsum(0)
-        meta = AttentionMetadata(cu.to(self.device), torch.tensor(contexts, device=self.device),
-                                 page_tables.to(self.device), torch.tensor(slots, device=self.device),
-                                 self.block_size, query_lens, contexts)
-        hidden = self.model(torch.tensor(ids, device=self.device), torch.tensor(pos, device=self.device), meta)
-        return self.model.compute_logits(hidden[torch.tensor(logit_rows, dtype=torch.long, device=self.device)])
+    def run(self, batch: list[Request], plans: dict[str, StepPlan], positions: list[list[int]]) -> LogitRows:
+        """One forward for the whole batch: the logits at every request's `positions[i]`, request after request,
+        with their greedy (token, probability); through a graph when the step fits one."""
+        inputs = gather_inputs(batch, plans, positions, self.page_size)
+        if self.graphs is not None:
+            result = self.graphs.run(inputs)
+            if result is not None:
+                return result
+        return self.run_eager(inputs)
+
+    def run_eager(self, inputs: StepInputs) -> LogitRows:
+        buffers = self.buffers if self.buffers.fits(inputs) else StepBuffers(
+            inputs.num_rows, len(inputs.query_lens), max(map(len, inputs.tables)), len(inputs.logit_rows), self.device)
+        dev = buffers.load(inputs)
+        meta = AttentionMetadata(dev.cu_seqlens, dev.context_lens, dev.page_tables, dev.slots, self.block_size,
+                                 inputs.query_lens, inputs.context_lens)
+        hidden = self.model(dev.ids, dev.positions, meta)
+        logits = self.model.compute_logits(hidden.index_select(0, dev.logit_rows))
+        return LogitRows(logits, *argmax_prob(logits, self.mask_id, self.sampling_impl))

@@ -5,8 +5,7 @@ import itertools
 import torch
 
 from dlx.engine.request import Request
-from dlx.kernels import KERNEL_IMPLS
-from dlx.kernels.sampling import argmax_prob
+from dlx.engine.step_io import LogitRows
 
 
 def quota(step: int, masked_at_start: int, steps: int) -> int:
@@ -39,12 +38,8 @@ def sample_tokens(logits: torch.Tensor, req: Request) -> tuple[torch.Tensor, tor
 
 class Sampler:
     def __init__(self, mask_id: int, accept_threshold: float, semi_complete_threshold: float,
-                 edit_threshold: float, max_post_edit_steps: int, impl: str = "naive"):
-        """impl "triton": greedy requests take (token, probability) from the one-pass argmax_prob kernel
-        instead of softmax + argmax + gather; sampled requests are unaffected."""
-        if impl not in KERNEL_IMPLS:
-            raise ValueError(f"unknown sampler impl {impl!r}; expected one of {KERNEL_IMPLS}")
-        self.mask_id, self.impl = mask_id, impl
+                 edit_threshold: float, max_post_edit_steps: int):
+        self.mask_id = mask_id
         self.accept, self.semi = accept_threshold, semi_complete_threshold
         self.edit, self.max_post_edit = edit_threshold, max_post_edit_steps
 
@@ -57,28 +52,24 @@ class Sampler:
         return out
 
     @torch.no_grad()
-    def choose(self, batch: list[Request], logits: torch.Tensor, sizes: list[int]) -> list[tuple[list, list]]:
-        """(token, probability) lists for every request's rows of the step's logits [rows, vocab]. Greedy
-        requests are reduced together and copied to the host once; sampled ones keep their own generators."""
+    def choose(self, batch: list[Request], rows: LogitRows, sizes: list[int]) -> list[tuple[list, list]]:
+        """(token, probability) lists for every request's rows of the step. Greedy requests take the runner's
+        argmax, copied to the host once for the whole batch; sampled ones draw from their logits with their own
+        generators."""
         chosen: list[tuple[list, list] | None] = [None] * len(batch)
         starts = [0, *itertools.accumulate(sizes)]   # request i owns rows starts[i]:starts[i + 1]
-        greedy = [i for i, req in enumerate(batch) if req.params.greedy]
-        if greedy:
-            rows = logits if len(greedy) == len(batch) else logits[torch.tensor(
-                [r for i in greedy for r in range(starts[i], starts[i + 1])], dtype=torch.long, device=logits.device)]
-            tokens, conf = argmax_prob(rows, self.mask_id, self.impl)   # the mask token never wins
-            # One device-to-host copy for the whole batch; float64 holds every token id and fp32 probability exactly.
-            host_tokens, host_conf = torch.stack([tokens.double(), conf.double()]).tolist()
-            offset = 0
-            for i in greedy:
-                end = offset + sizes[i]
-                chosen[i] = ([int(t) for t in host_tokens[offset:end]], host_conf[offset:end])
-                offset = end
+        if any(req.params.greedy for req in batch):
+            # One device-to-host copy; float64 holds every token id and fp32 probability exactly.
+            host_tokens, host_conf = torch.stack([rows.tokens.double(), rows.probs.double()]).tolist()
+            for i, req in enumerate(batch):
+                if req.params.greedy:
+                    span = slice(starts[i], starts[i + 1])
+                    chosen[i] = ([int(t) for t in host_tokens[span]], host_conf[span])
         for i, req in enumerate(batch):
             if chosen[i] is None:   # sampled: the request's own generator
-                rows = logits[starts[i]:starts[i + 1]].float()
-                rows[:, self.mask_id] = float("-inf")
-                tokens, conf = sample_tokens(rows, req)
+                logits = rows.logits[starts[i]:starts[i + 1]].to(torch.float32, copy=True)
+                logits[:, self.mask_id] = float("-inf")
+                tokens, conf = sample_tokens(logits, req)
                 chosen[i] = (tokens.tolist(), conf.tolist())
         return chosen
 

@@ -15,6 +15,9 @@ class AttentionMetadata:
     block_size: int
     query_lens: list[int]             # host copies, so the PyTorch path needs no device sync
     context_lens_host: list[int]
+    # Rows past the requests' rows exist (a CUDA graph's bucket padding): the Triton path zeroes the output it
+    # leaves there, so no uninitialised value (a NaN) reaches the MoE router.
+    pad_rows: bool = False
     # Host-side launch values the Triton path derives once per forward (max lengths, row count),
     # so the per-layer calls repeat no Python work and never read the device.
     kernel_cache: dict = field(default_factory=dict, repr=False, compare=False)

@@ -222,7 +222,7 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
     1 forces the single-pass kernel, more forces that many splits of the cached range. `tile`
     overrides launch options (BLOCK_N, num_warps, num_stages): for tuning sweeps."""
     q = q if q.stride(-1) == 1 else q.contiguous()
-    (k, v), out = _shared_layout(k, v), torch.empty_like(q)
+    (k, v), out = _shared_layout(k, v), torch.zeros_like(q) if meta.pad_rows else torch.empty_like(q)
     max_query_len, max_context_len, total_rows = host_summary(meta)
     (_, num_heads, head_dim), num_kv_heads = q.shape, k.shape[1]
     if total_rows == 0:

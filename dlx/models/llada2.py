@@ -169,8 +169,12 @@ class LLaDA2Model(nn.Module):
             x, residual = layer(x, positions, meta, residual)
         return self.norm(x) if residual is None else self.norm(x, residual)[0]
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+    def compute_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 logits of `hidden`'s rows; into `out` instead (the lm_head's dtype) when given, as a CUDA graph
+        writes them into its fixed buffer."""
+        if out is None:
+            return self.lm_head(hidden).float()
+        return torch.matmul(hidden, self.lm_head.weight.t(), out=out)
 
     def attention_layers(self) -> list[Attention]:
         return [layer.attention for layer in self.layers]

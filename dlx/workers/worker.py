@@ -68,6 +68,9 @@ def serve(cfg: Config, tp_rank: int, group: int, tp_group, control, prefix: str,
     if tp_group is not None:
         set_tensor_parallel(tp_group, tp_rank, cfg.tensor_parallel_size)
     engine = LLMEngine(cfg)
+    if tp_rank == 0 and group == 0:
+        for fact in engine.facts:
+            print(f"dlx: {fact}", flush=True)
     if tp_rank != 0:
         follow(engine, control, dist.get_global_rank(control, 0))
         return
