@@ -14,7 +14,6 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 from dlx.config import EMBEDDED_MODEL_DIR, Config  # noqa: E402
 from dlx.engine.engine import LLMEngine  # noqa: E402
 from dlx.engine.reference import DecodeSettings, reference_generate  # noqa: E402
-from dlx.engine.runner import configure_kernels  # noqa: E402
 from dlx.params import SamplingParams  # noqa: E402
 from dlx.frontend.tokenizer import FrontendTokenizer  # noqa: E402
 
@@ -59,11 +58,11 @@ def main() -> None:
     for p in prompts:
         run_engine(engine, [p], args.max_tokens)
     # The baseline is the model's own generate() as users run it: plain PyTorch ops everywhere.
-    configure_kernels(engine.model, "naive", "naive")
+    engine.model.set_kernels("naive", "naive")
     for p in prompts:
         reference_generate(engine.model, p, args.max_tokens, settings)
     ref, t_ref = timed(lambda: [reference_generate(engine.model, p, args.max_tokens, settings) for p in prompts])
-    configure_kernels(engine.model, cfg.attn_impl, cfg.moe_impl)
+    engine.model.set_kernels(cfg.attn_impl, cfg.moe_impl)
     one, t_one = timed(lambda: [run_engine(engine, [p], args.max_tokens)[0] for p in prompts])
     batch, t_batch = timed(lambda: run_engine(engine, prompts, args.max_tokens))
     same_engine = [r.output for r in one] == [r.output for r in batch]

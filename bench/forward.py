@@ -16,7 +16,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dlx.config import Config  # noqa: E402
 from dlx.engine.engine import LLMEngine  # noqa: E402
 from dlx.engine.reference import DecodeSettings, choose_tokens  # noqa: E402
-from dlx.engine.runner import configure_kernels  # noqa: E402
 from dlx.kernels.attention import AttentionMetadata  # noqa: E402
 from dlx.models.dummy import BALANCE_METHOD, chosen_experts  # noqa: E402
 from dlx.models.moe import SparseMoE  # noqa: E402
@@ -65,10 +64,9 @@ def step_bytes(model: torch.nn.Module, distinct: list[int], tokens: int, kv_toke
         if name == "word_embeddings.weight":
             size = min(tokens, param.shape[0]) * param.shape[1] * param.element_size()
         total += int(size * share.get(id(param), 1.0))
-    attn = model.attention_layers()[0]
-    itemsize = attn.k_cache.element_size()
-    kv = 2 * len(model.attention_layers()) * attn.num_kv_heads * attn.head_dim * itemsize
-    return total + kv * kv_tokens + 2 * logit_rows * model.config.vocab_size * itemsize
+    layout = model.kv_layout()
+    itemsize = torch.empty((), dtype=layout.dtype).element_size()
+    return total + layout.page_bytes(1) * kv_tokens + 2 * logit_rows * model.config.vocab_size * itemsize
 
 
 def random_prompt(engine: LLMEngine, length: int, seed: int) -> list[int]:
@@ -158,14 +156,14 @@ def naive_step_ms(engine: LLMEngine, context: int) -> float:
     ids = torch.tensor(random_prompt(engine, context, 0) + [engine.mask_id] * BLOCK, device="cuda")
     positions = torch.arange(context + BLOCK, device="cuda")
     meta = AttentionMetadata.single(context + BLOCK, BLOCK, "cuda")
-    configure_kernels(model, "naive", "naive")
+    model.set_kernels("naive", "naive")
     try:
         def step():
             hidden = model(ids, positions, meta)
             return choose_tokens(model.compute_logits(hidden[context:]), settings, None)[0].tolist()
         return events_ms(step, iters=3)
     finally:
-        configure_kernels(model, engine.cfg.attn_impl, engine.cfg.moe_impl)
+        model.set_kernels(engine.cfg.attn_impl, engine.cfg.moe_impl)
 
 
 def main() -> None:

@@ -6,7 +6,6 @@ import torch
 
 from dlx.config import Config
 from dlx.engine.engine import LLMEngine
-from dlx.engine.runner import configure_kernels
 from dlx.params import SamplingParams
 from dlx.models import load_model
 from test_engine import mixed_prompts, run
@@ -68,7 +67,7 @@ def test_bf16_logits_agree_on_the_embedded_model():
     meta = AttentionMetadata.single(len(ids), 32, "cuda")
     outs = {}
     for impl in ("naive", "triton_grouped"):
-        configure_kernels(model, impl, "triton" if impl == "triton_grouped" else "naive")
+        model.set_kernels(impl, "triton" if impl == "triton_grouped" else "naive")
         outs[impl] = model.compute_logits(model(ids, torch.arange(len(ids), device="cuda"), meta))
     naive, fused = outs["naive"], outs["triton_grouped"]
     assert (naive - fused).abs().max() <= 0.1 * naive.abs().max()

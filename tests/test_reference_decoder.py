@@ -3,7 +3,6 @@ mask, stops at EOS, respects max_tokens; MultiBD invariants; seeded sampling."""
 import random
 
 import pytest
-import torch
 
 from dlx.engine.reference import DecodeSettings, quota, reference_generate
 from oracle_llada2 import OracleLLaDA2, oracle_generate

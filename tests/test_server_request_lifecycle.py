@@ -15,7 +15,7 @@ from server_support import ServerProcess, sse_events
 PROMPT = "Solve: 12 + 30."            # the embedded model answers 42 in one forward at the default threshold
 TIMING_KEYS = {"queue_s", "prefill_s", "decode_s", "tokens_per_s", "tokens_per_forward"}
 # A bound against a hung server, not a timing: a loaded 2-core CI machine once took over 60 s for 96 forwards.
-REQUEST_TIMEOUT_S = 300
+LIMIT_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def long_body(**extra) -> dict:
 
 def test_non_streaming_client_that_leaves_is_aborted(server):
     # Warm up the same path first: a fresh engine's first steps run far slower than the ones measured here.
-    warm = requests.post(server.url + "/generate", json=long_body(max_tokens=96), timeout=REQUEST_TIMEOUT_S).json()
+    warm = requests.post(server.url + "/generate", json=long_body(max_tokens=96), timeout=LIMIT_S).json()
     assert warm["finish_reason"] == "length" and warm["nfe"] >= 96
     idle = gauges(server)
     body = json.dumps(long_body()).encode()
@@ -83,9 +83,9 @@ CASES = {   # finish reason → request fields
 def test_timing_is_whole_for_every_finish_and_mode(server, case, mode):
     body = {"prompt": PROMPT, "temperature": 0, **CASES[case]}
     if mode == "none":
-        final = requests.post(server.url + "/generate", json=body, timeout=REQUEST_TIMEOUT_S).json()
+        final = requests.post(server.url + "/generate", json=body, timeout=LIMIT_S).json()
     else:
-        r = requests.post(server.url + "/generate", json={**body, "stream": True, "stream_mode": mode}, timeout=REQUEST_TIMEOUT_S)
+        r = requests.post(server.url + "/generate", json={**body, "stream": True, "stream_mode": mode}, timeout=LIMIT_S)
         events = sse_events(r)
         assert events[-1] == "[DONE]"
         final = events[-2]
@@ -99,7 +99,7 @@ def test_timing_is_whole_for_every_finish_and_mode(server, case, mode):
 def test_openai_timing_on_a_stop_string(server, chat):
     path, inputs = (("/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPT}]}) if chat
                     else ("/v1/completions", {"prompt": PROMPT}))
-    out = requests.post(server.url + path, json={**inputs, "temperature": 0, "stop": "="}, timeout=REQUEST_TIMEOUT_S).json()
+    out = requests.post(server.url + path, json={**inputs, "temperature": 0, "stop": "="}, timeout=LIMIT_S).json()
     assert out["choices"][0]["finish_reason"] == "stop"
     check_timing(out["timing"], out["usage"]["completion_tokens"], out["nfe"])
 
@@ -107,7 +107,7 @@ def test_openai_timing_on_a_stop_string(server, chat):
 def test_metrics_count_a_request_as_soon_as_the_client_hears_back(server):
     """The chat stream's first chunk follows the engine's acceptance; the denoise stream's first frame follows
     the request's first forward. A scrape right after either must find the request counted."""
-    chat = requests.post(server.url + "/v1/chat/completions", stream=True, timeout=REQUEST_TIMEOUT_S, json={
+    chat = requests.post(server.url + "/v1/chat/completions", stream=True, timeout=LIMIT_S, json={
         "messages": [{"role": "user", "content": PROMPT}], **long_body(), "stream": True})
     lines = chat.iter_lines()
     assert next(line for line in lines if line).startswith(b"data: ")   # the role chunk
@@ -116,7 +116,7 @@ def test_metrics_count_a_request_as_soon_as_the_client_hears_back(server):
     chat.close()
     assert wait_for(lambda: gauges(server)["dlx_requests_running"] == 0, 5)
 
-    stream = requests.post(server.url + "/generate", stream=True, timeout=REQUEST_TIMEOUT_S,
+    stream = requests.post(server.url + "/generate", stream=True, timeout=LIMIT_S,
                            json={**long_body(), "stream": True, "stream_mode": "denoise"})
     assert next(line for line in stream.iter_lines() if line).startswith(b"data: ")   # after the first forward
     assert gauges(server)["dlx_requests_running"] == 1
@@ -125,13 +125,13 @@ def test_metrics_count_a_request_as_soon_as_the_client_hears_back(server):
 
 
 def test_per_request_threshold(server):
-    fast = requests.post(server.url + "/generate", json={"prompt": PROMPT, "temperature": 0}, timeout=REQUEST_TIMEOUT_S).json()
+    fast = requests.post(server.url + "/generate", json={"prompt": PROMPT, "temperature": 0}, timeout=LIMIT_S).json()
     assert fast["nfe"] == 1 and "42" in fast["text"]
-    r = requests.post(server.url + "/generate", timeout=REQUEST_TIMEOUT_S, json={
+    r = requests.post(server.url + "/generate", timeout=LIMIT_S, json={
         "prompt": PROMPT, "temperature": 0, "threshold": 1.0, "stream": True, "stream_mode": "denoise"})
     snapshots = [e for e in sse_events(r) if isinstance(e, dict) and e.get("event") == "buffer_snapshot"]
     final_nfe = snapshots[-1]["nfe"]
     assert final_nfe > 5   # nothing clears a threshold of 1: each forward commits its quota, one token
     assert any("<|mask|>" in s["text"] for s in snapshots[:-1])
-    rejected = requests.post(server.url + "/generate", json={"prompt": PROMPT, "threshold": 2}, timeout=REQUEST_TIMEOUT_S)
+    rejected = requests.post(server.url + "/generate", json={"prompt": PROMPT, "threshold": 2}, timeout=LIMIT_S)
     assert rejected.status_code == 400 and "threshold" in rejected.json()["error"]["message"]

@@ -20,7 +20,8 @@ from tiny_corpus import BLOCK, HELDOUT_KINDS, ROW_BLOCKS, build_chunk, heldout_q
 
 from dlx.engine.reference import DecodeSettings, reference_generate  # noqa: E402
 from dlx.models.llada2 import LLaDA2Config, LLaDA2Model  # noqa: E402
-from dlx.models.loader import expected_names, load_model  # noqa: E402
+from dlx.models.llada2_weights import expected_names  # noqa: E402
+from dlx.models.loader import load_model  # noqa: E402
 from dlx.models.moe import SparseMoE  # noqa: E402
 from dlx.models.tokenizer_build import EOS_TOKEN, MASK_TOKEN, build_tokenizer, token_id  # noqa: E402
 

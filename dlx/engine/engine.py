@@ -99,7 +99,7 @@ class LLMEngine:
                            cfg.moe_impl)
 
     def default_num_pages(self) -> int:
-        page_bytes = ModelRunner.page_bytes(self.model, self.cfg.page_size)
+        page_bytes = self.model.kv_layout().page_bytes(self.cfg.page_size)
         if self.cfg.device == "cuda":
             reserve = self.graph_memory() if self.cfg.cuda_graphs else 0
             free, _ = torch.cuda.mem_get_info()

@@ -9,6 +9,7 @@ import torch
 from dlx.engine.step_io import LogitRows, StepBuffers, StepInputs
 from dlx.kernels.attention import AttentionMetadata
 from dlx.kernels.sampling import argmax_prob
+from dlx.models.interface import ServedModel
 
 MAX_GRAPH_REQUESTS = 128   # beyond this a step's GPU time dwarfs its launches; larger batches run eagerly
 
@@ -74,20 +75,20 @@ class StepGraphs:
     the CPU (tests) "replay" runs the same function eagerly on the same buffers, so the bucketing, padding and
     static-buffer logic is exercised everywhere and only the capture itself needs a GPU."""
 
-    def __init__(self, model: torch.nn.Module, buffers: StepBuffers, plan: GraphPlan, max_context_len: int,
+    def __init__(self, model: ServedModel, buffers: StepBuffers, plan: GraphPlan, max_context_len: int,
                  mask_id: int, sampling_impl: str):
         self.model, self.buffers, self.plan = model, buffers, plan
         self.max_context_len, self.mask_id, self.sampling_impl = max_context_len, mask_id, sampling_impl
-        weight = model.lm_head.weight
-        hidden_size, vocab = weight.shape[1], weight.shape[0]
-        self.hidden = torch.zeros(buffers.rows, hidden_size, dtype=weight.dtype, device=weight.device)
-        self.logits = torch.zeros(buffers.logit_capacity, vocab, dtype=weight.dtype, device=weight.device)
-        self.tokens = torch.zeros(buffers.logit_capacity, dtype=torch.int64, device=weight.device)
-        self.probs = torch.zeros(buffers.logit_capacity, dtype=torch.float32, device=weight.device)
+        dtype, device = model.kv_layout().dtype, buffers.device_vector.device
+        hidden_size, vocab = model.config.hidden_size, model.config.vocab_size
+        self.hidden = torch.zeros(buffers.rows, hidden_size, dtype=dtype, device=device)
+        self.logits = torch.zeros(buffers.logit_capacity, vocab, dtype=dtype, device=device)
+        self.tokens = torch.zeros(buffers.logit_capacity, dtype=torch.int64, device=device)
+        self.probs = torch.zeros(buffers.logit_capacity, dtype=torch.float32, device=device)
         self.bodies: dict[tuple[int, int], Callable[[], None]] = {}
         self.heads: dict[int, Callable[[], None]] = {}
         self.pool = None
-        self.on_gpu = weight.device.type == "cuda"
+        self.on_gpu = device.type == "cuda"
         self.replays = 0   # steps that ran through the graphs
 
     def run(self, inputs: StepInputs) -> LogitRows | None:

@@ -6,41 +6,22 @@ from dlx.engine.graphs import GraphPlan, StepGraphs
 from dlx.engine.request import Request
 from dlx.engine.scheduler import StepPlan
 from dlx.engine.step_io import LogitRows, StepBuffers, StepInputs, gather_inputs
+from dlx.kernels import fused_impl
 from dlx.kernels.attention import AttentionMetadata
 from dlx.kernels.sampling import argmax_prob
-from dlx.models.moe import Router, SparseMoE
-
-
-def fused_impl(attn_impl: str) -> str:
-    """The Triton attention brings the fused norms, rotary and sampling reduction with it; "naive" attention
-    means plain PyTorch everywhere."""
-    return "triton" if attn_impl == "triton_grouped" else "naive"
-
-
-def configure_kernels(model: torch.nn.Module, attn_impl: str, moe_impl: str) -> None:
-    """Select every kernel path of a model: attention and KV store, the fused ops that follow it, the MoE."""
-    for attn in model.attention_layers():
-        attn.attn_impl = attn_impl
-    model.set_kernel_impl(fused_impl(attn_impl))
-    for module in model.modules():
-        if isinstance(module, (SparseMoE, Router)):
-            module.impl = moe_impl
+from dlx.models.interface import ServedModel
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, block_size: int, page_size: int, num_pages: int, mask_id: int,
+    def __init__(self, model: ServedModel, block_size: int, page_size: int, num_pages: int, mask_id: int,
                  limits: tuple[int, int, int, int], attn_impl: str = "naive", moe_impl: str = "naive"):
         """limits: (rows, requests, pages per request, logit rows) a step can need, which sizes its buffers."""
         self.model, self.block_size, self.page_size, self.mask_id = model, block_size, page_size, mask_id
         self.device = next(model.parameters()).device
-        layers = model.attention_layers()
-        first = layers[0]
-        dtype = first.query_key_value.weight.dtype
-        shape = (len(layers), 2, num_pages, page_size, first.num_kv_heads, first.head_dim)
-        self.kv_cache = torch.zeros(shape, dtype=dtype, device=self.device)
-        for i, attn in enumerate(layers):
-            attn.k_cache, attn.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]
-        configure_kernels(model, attn_impl, moe_impl)
+        layout = model.kv_layout()
+        self.kv_cache = torch.zeros(layout.shape(num_pages, page_size), dtype=layout.dtype, device=self.device)
+        model.bind_kv_cache(self.kv_cache)
+        model.set_kernels(attn_impl, moe_impl)
         self.sampling_impl = fused_impl(attn_impl)
         self.buffers = StepBuffers(*limits, self.device)
         self.graphs: StepGraphs | None = None
@@ -54,13 +35,6 @@ class ModelRunner:
         plan = GraphPlan.build(max_requests, self.block_size, buffer_size, self.buffers.rows)
         self.graphs = StepGraphs(self.model, self.buffers, plan, max_context_len, self.mask_id, self.sampling_impl)
         return self.graphs.capture_all() if capture else (0, 0.0)
-
-    @staticmethod
-    def page_bytes(model: torch.nn.Module, page_size: int) -> int:
-        layers = model.attention_layers()
-        first = layers[0]
-        itemsize = first.query_key_value.weight.element_size()
-        return len(layers) * 2 * page_size * first.num_kv_heads * first.head_dim * itemsize
 
     @torch.no_grad()
     def run(self, batch: list[Request], plans: dict[str, StepPlan], positions: list[list[int]]) -> LogitRows:

@@ -5,12 +5,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dlx.kernels import KERNEL_IMPLS
+from dlx.kernels import KERNEL_IMPLS, fused_impl
 from dlx.kernels.attention import AttentionMetadata, paged_attention
 from dlx.kernels.kv_store import store_kv
 from dlx.kernels.rotary import qk_norm_rotary
 from dlx.models.layers import QKVParallelLinear, ReplicatedLinear, RMSNorm, RotaryEmbedding, \
     RowParallelLinear, SwiGLU, copy_full
+from dlx.models.interface import KVLayout
 from dlx.models.moe import Router, SparseMoE
 
 
@@ -178,6 +179,23 @@ class LLaDA2Model(nn.Module):
 
     def attention_layers(self) -> list[Attention]:
         return [layer.attention for layer in self.layers]
+
+    def kv_layout(self) -> KVLayout:
+        first = self.layers[0].attention
+        return KVLayout(len(self.layers), first.num_kv_heads, first.head_dim, first.query_key_value.weight.dtype)
+
+    def bind_kv_cache(self, cache: torch.Tensor) -> None:
+        for i, attn in enumerate(self.attention_layers()):
+            attn.k_cache, attn.v_cache = cache[i, 0], cache[i, 1]
+
+    def set_kernels(self, attn_impl: str, moe_impl: str) -> None:
+        """Attention and its KV store, the fused ops that follow the attention's choice, the MoE and its router."""
+        for attn in self.attention_layers():
+            attn.attn_impl = attn_impl
+        self.set_kernel_impl(fused_impl(attn_impl))
+        for module in self.modules():
+            if isinstance(module, (SparseMoE, Router)):
+                module.impl = moe_impl
 
     def set_kernel_impl(self, impl: str) -> None:
         """Kernels of every RMSNorm (residual adds included) and of the shared rotary table, which the attention

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from dlx.models.llada2 import LLaDA2Config
-from dlx.models.loader import expected_names
+from dlx.models.llada2_weights import expected_names
 from dlx.models.tokenizer_build import EOS_TOKEN, build_tokenizer, token_id
 
 WORDS = ("the a one two three four five six seven eight nine ten plus minus equals answer is solve what "
