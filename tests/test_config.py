@@ -60,6 +60,16 @@ def test_moe_impl_follows_attention_unless_chosen(tiny_dir, attn, moe, expected)
     assert cfg.moe_impl == expected
 
 
+@pytest.mark.parametrize("settings,graphs", [({}, True), ({"enforce_eager": True}, False),
+                                             ({"disable_cuda_graphs": True}, False),
+                                             ({"attn_impl": "naive"}, False), ({"moe_impl": "naive"}, False)])
+def test_cuda_graphs_on_a_gpu_with_the_triton_kernels_unless_turned_off(tiny_dir, settings, graphs):
+    cfg = Config(model=tiny_dir, device="cuda", **settings)
+    cfg._choose_device(cuda_available=True)
+    assert cfg.cuda_graphs is graphs
+    assert not finalize(tiny_dir).cuda_graphs   # never on the CPU
+
+
 def test_cpu_refuses_triton_moe_with_one_warning(tiny_dir):
     cfg = finalize(tiny_dir, attn_impl="naive", moe_impl="triton")
     assert cfg.moe_impl == "naive" and len(cfg.warnings) == 1
