@@ -82,17 +82,24 @@ class LLMEngine:
         wanted = self.cfg.max_num_reqs * -(-self.cfg.max_model_len // self.cfg.page_size) + 1
         return max(2, min(wanted, (1 << 30) // page_bytes))
 
-    def add_request(self, prompt: list[int], params: SamplingParams, rid: str | None = None) -> Request:
+    def add_request(self, prompt: list[int], params: SamplingParams, rid: str | None = None, resumed: int = 0,
+                    spent_s: float = 0.0, alone: bool = False) -> Request:
+        """A resubmitted request (an engine died) says so: `resumed` generated tokens end its prompt, it was
+        submitted `spent_s` seconds ago, `alone` admits it in a step that admits no other request."""
         if not prompt:
             raise ValueError("prompt is empty")
+        if not 0 <= resumed < len(prompt):
+            raise ValueError(f"a resumed request keeps between 0 and {len(prompt) - 1} generated tokens")
         if len(prompt) >= self.cfg.max_model_len:
             raise ValueError(f"prompt has {len(prompt)} tokens; --max-model-len {self.cfg.max_model_len} "
                              "leaves no room to generate")
         if min(prompt) < 0 or max(prompt) >= self.vocab_size:
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
         req = Request(prompt, params, self.cfg.block_size, self.cfg.max_model_len, self.mask_id, self.eos_id,
-                      self.cfg.denoising_steps, rid)
+                      self.cfg.denoising_steps, rid, resumed)
         req.edit_mode = (params.sampling_mode or self.cfg.sampling_mode) == "edit"
+        req.arrival -= max(0.0, spent_s)
+        req.admit_alone = alone
         self.scheduler.add(req)
         return req
 

@@ -21,15 +21,20 @@ class Request:
     stored in the KV cache by the next forward and then only read through pages."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, block_size: int, max_model_len: int,
-                 mask_id: int, eos_id: int | None, denoising_steps: int = 32, rid: str | None = None):
+                 mask_id: int, eos_id: int | None, denoising_steps: int = 32, rid: str | None = None,
+                 resumed: int = 0):
+        """`resumed`: the prompt ends with this many tokens of the request's own earlier output (an engine died
+        and the frontend resubmitted it, with max_tokens less those tokens)."""
         self.rid = rid if rid is not None else f"req-{next(_ids)}"
         self.params, self.mask_id, self.eos_id, self.B = params, mask_id, eos_id, block_size
-        self.prompt_len = len(prompt)
+        self.prompt_len, self.resumed = len(prompt), resumed
         self.max_tokens = min(params.max_tokens, max_model_len - len(prompt))
         self.gen_end = self.prompt_len + self.max_tokens
         self.canvas_end = -(-self.gen_end // block_size) * block_size
         self.tokens = list(prompt) + [mask_id] * (self.canvas_end - self.prompt_len)
-        self.steps = min(denoising_steps, self.max_tokens)
+        # The quota schedule is the whole request's: a resumed block must commit as the uninterrupted one did.
+        self.steps = min(denoising_steps, self.max_tokens + resumed)
+        self.admit_alone = False                   # an engine died admitting it: no other admission in its step
         self.block_steps: dict[int, int] = {}      # activated block → forwards it took part in
         self.masked_at_start: dict[int, int] = {}
         self.settled: set[int] = set()             # edit mode: filled blocks whose edits have stopped
@@ -141,15 +146,18 @@ class Request:
         return False
 
     def repetition_end(self, gen: list[int], stable: int) -> int | None:
-        """End of the first run of `max_repetition_run` identical stable tokens, if any."""
+        """End of the first run of `max_repetition_run` identical stable tokens, if any; a resumed request's run
+        may have begun in the output it generated before."""
         limit = self.params.max_repetition_run
         if not limit:
             return None
+        earlier = self.tokens[max(self.prompt_len - self.resumed, self.prompt_len - limit):self.prompt_len]
+        run = earlier + gen[:stable]
         length = 0
-        for i in range(stable):
-            length = length + 1 if i and gen[i] == gen[i - 1] else 1
-            if length >= limit:
-                return i + 1
+        for i in range(len(run)):
+            length = length + 1 if i and run[i] == run[i - 1] else 1
+            if length >= limit and i >= len(earlier):
+                return i + 1 - len(earlier)
         return None
 
     # ---- timing (engine clock) -------------------------------------------------------------------------

@@ -1,11 +1,20 @@
 """The messages frontends and the engine leader exchange over the rings, one builder per kind: the keys both
 sides read are written here and nowhere else. On the wire they are plain dicts (msgpack), typed below."""
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 # Frontend → leader.
 GENERATE, ABORT = "generate", "abort"
 # Leader → frontend: an answer to a generate (accepted or error), a request's step, several events at once.
 ACCEPTED, ERROR, STEP, BATCH = "accepted", "error", "step", "batch"
+# Inside a frontend: its reader tells a request's handler that the engine that had the request died.
+LOST = "lost"
+
+
+class Resume(TypedDict):
+    """A request resubmitted after an engine died: what the new engine must know beyond prompt and params."""
+    generated: int            # the prompt ends with this many tokens the request generated before
+    spent_s: float            # seconds since the request was first submitted (they count as queue time)
+    alone: bool               # an engine died while admitting it: admit it in a step that admits no other
 
 
 class Generate(TypedDict):
@@ -13,6 +22,7 @@ class Generate(TypedDict):
     rid: str
     prompt: list[int]
     params: dict              # dlx.params.SamplingParams.to_dict()
+    resume: NotRequired[Resume]
 
 
 class Abort(TypedDict):
@@ -50,8 +60,24 @@ class Batch(TypedDict):
     events: list[dict]
 
 
-def generate(rid: str, prompt: list[int], params: dict) -> Generate:
-    return {"type": GENERATE, "rid": rid, "prompt": prompt, "params": params}
+class Lost(TypedDict):
+    type: str
+    rid: str
+
+
+def generate(rid: str, prompt: list[int], params: dict, resume: Resume | None = None) -> Generate:
+    msg: Generate = {"type": GENERATE, "rid": rid, "prompt": prompt, "params": params}
+    if resume is not None:
+        msg["resume"] = resume
+    return msg
+
+
+def resume(generated: int, spent_s: float, alone: bool) -> Resume:
+    return {"generated": generated, "spent_s": spent_s, "alone": alone}
+
+
+def lost(rid: str) -> Lost:
+    return {"type": LOST, "rid": rid}
 
 
 def abort(rid: str) -> Abort:
