@@ -139,3 +139,19 @@ class SamplingParams:
 
 
 FIELD_NAMES = frozenset(f.name for f in fields(SamplingParams))
+
+
+@dataclass
+class Resumption:
+    """A request resubmitted after the engine that had it died, besides its prompt and SamplingParams.remainder():
+    travels in the generate message as to_dict()."""
+    generated: int = 0       # the prompt ends with this many tokens the request generated before
+    spent_s: float = 0.0     # seconds since the request was first submitted (they count as queue time)
+    alone: bool = False      # an engine died admitting it: admit it in a step that admits no other request
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Resumption":
+        return cls(**values)

@@ -1,13 +1,14 @@
 """Resuming a request on a fresh engine (its first engine died) at every step it could have died after: greedy
 requests retrace the uninterrupted run token for token (SingleBD and MultiBD, quota-bound blocks, repetition runs
-that began before the resumption); sampled ones keep every stable token; streamed text never repeats or skips."""
+that began before the resumption); sampled ones keep every stable token; streamed text never repeats or skips;
+a request suspected of killing an engine is admitted in a step of its own."""
 from types import SimpleNamespace
 
 import pytest
 
 from dlx.engine.request import Request
 from dlx.frontend.decoding import Decoding
-from dlx.params import SamplingParams
+from dlx.params import Resumption, SamplingParams
 from dlx.workers.leader import Leader
 from test_engine import make_engine, mixed_prompts
 
@@ -15,7 +16,8 @@ from test_engine import make_engine, mixed_prompts
 def decode(engine, jobs: list[tuple[list[int], SamplingParams, int]]) -> list[list[dict]]:
     """Run (prompt, params, resumed) jobs together; each job's step events as the leader sends them."""
     leader = Leader(engine, SimpleNamespace(channels=[]), board=None, slot=1, generation=0)
-    rids = [engine.add_request(prompt, params, resumed=resumed).rid for prompt, params, resumed in jobs]
+    rids = [engine.add_request(prompt, params, resumption=Resumption(resumed) if resumed else None).rid
+            for prompt, params, resumed in jobs]
     leader.owner = dict.fromkeys(rids, 0)
     while engine.has_work():
         for out in engine.step():
@@ -91,7 +93,8 @@ def test_a_repetition_run_may_begin_in_the_kept_tokens():
     params = SamplingParams(temperature=0, max_tokens=8, max_repetition_run=3)
 
     def request(prompt: list[int], resumed: int) -> Request:
-        return Request(prompt, params, block_size=4, max_model_len=64, mask_id=0, eos_id=None, resumed=resumed)
+        return Request(prompt, params, block_size=4, max_model_len=64, mask_id=0, eos_id=None,
+                       resumption=Resumption(resumed))
     assert request([5, 6, 9, 9], resumed=2).repetition_end([9, 1, 1, 1], 4) == 1
     assert request([5, 9, 9, 9], resumed=1).repetition_end([9, 2], 2) is None   # the prompt's own 9s do not count
     assert request([5, 9, 9, 9], resumed=0).repetition_end([9, 2, 2], 3) is None
@@ -117,3 +120,17 @@ def test_sampled_resumption_keeps_what_was_stable(tiny_dir, tiny_model, tiny_tok
                 region = region[:msg["offset"]] + msg["tokens"]
             again.append(region)
         assert again == [c.decoding.token_ids[len(c.decoding.kept):] for c in resumed]
+
+
+def test_a_suspect_is_admitted_in_a_step_of_its_own(tiny_dir, tiny_model):
+    """An engine died while admitting it: no other request joins in the step that admits it."""
+    engine = make_engine(tiny_dir, tiny_model, block_size=8)
+    params = SamplingParams(temperature=0, max_tokens=8)
+    first = engine.add_request([5, 6, 7], params)
+    suspect = engine.add_request([5, 6, 8], params, resumption=Resumption(alone=True))
+    last = engine.add_request([5, 6, 9], params)
+    admitted = []
+    while engine.has_work():
+        engine.step()
+        admitted.append([req.rid for req in engine.scheduler.admitted])
+    assert admitted[:3] == [[first.rid], [suspect.rid], [last.rid]]

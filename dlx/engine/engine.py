@@ -14,7 +14,7 @@ from dlx.engine.sampler import Sampler
 from dlx.engine.scheduler import Scheduler
 from dlx.models import load_model
 from dlx.models.tokenizer_build import EOS_TOKEN, MASK_TOKEN, token_id
-from dlx.params import SamplingParams
+from dlx.params import Resumption, SamplingParams
 
 
 @dataclass
@@ -82,13 +82,12 @@ class LLMEngine:
         wanted = self.cfg.max_num_reqs * -(-self.cfg.max_model_len // self.cfg.page_size) + 1
         return max(2, min(wanted, (1 << 30) // page_bytes))
 
-    def add_request(self, prompt: list[int], params: SamplingParams, rid: str | None = None, resumed: int = 0,
-                    spent_s: float = 0.0, alone: bool = False) -> Request:
-        """A resubmitted request (an engine died) says so: `resumed` generated tokens end its prompt, it was
-        submitted `spent_s` seconds ago, `alone` admits it in a step that admits no other request."""
+    def add_request(self, prompt: list[int], params: SamplingParams, rid: str | None = None,
+                    resumption: Resumption | None = None) -> Request:
+        """`resumption`: the request was resubmitted after the engine that had it died."""
         if not prompt:
             raise ValueError("prompt is empty")
-        if not 0 <= resumed < len(prompt):
+        if resumption and not 0 <= resumption.generated < len(prompt):
             raise ValueError(f"a resumed request keeps between 0 and {len(prompt) - 1} generated tokens")
         if len(prompt) >= self.cfg.max_model_len:
             raise ValueError(f"prompt has {len(prompt)} tokens; --max-model-len {self.cfg.max_model_len} "
@@ -96,10 +95,8 @@ class LLMEngine:
         if min(prompt) < 0 or max(prompt) >= self.vocab_size:
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
         req = Request(prompt, params, self.cfg.block_size, self.cfg.max_model_len, self.mask_id, self.eos_id,
-                      self.cfg.denoising_steps, rid, resumed)
+                      self.cfg.denoising_steps, rid, resumption)
         req.edit_mode = (params.sampling_mode or self.cfg.sampling_mode) == "edit"
-        req.arrival -= max(0.0, spent_s)
-        req.admit_alone = alone
         self.scheduler.add(req)
         return req
 

@@ -4,7 +4,7 @@ import enum
 import itertools
 import time
 
-from dlx.params import SamplingParams
+from dlx.params import Resumption, SamplingParams
 
 _ids = itertools.count()
 
@@ -22,19 +22,20 @@ class Request:
 
     def __init__(self, prompt: list[int], params: SamplingParams, block_size: int, max_model_len: int,
                  mask_id: int, eos_id: int | None, denoising_steps: int = 32, rid: str | None = None,
-                 resumed: int = 0):
-        """`resumed`: the prompt ends with this many tokens of the request's own earlier output (an engine died
-        and the frontend resubmitted it, with max_tokens less those tokens)."""
+                 resumption: Resumption | None = None):
+        """A `resumption` (the engine that had the request died) ends the prompt with `resumed` tokens of the
+        request's own output; max_tokens is already less those tokens."""
         self.rid = rid if rid is not None else f"req-{next(_ids)}"
         self.params, self.mask_id, self.eos_id, self.B = params, mask_id, eos_id, block_size
-        self.prompt_len, self.resumed = len(prompt), resumed
+        self.resumption = resumption
+        self.prompt_len, self.resumed = len(prompt), resumption.generated if resumption else 0
         self.max_tokens = min(params.max_tokens, max_model_len - len(prompt))
         self.gen_end = self.prompt_len + self.max_tokens
         self.canvas_end = -(-self.gen_end // block_size) * block_size
         self.tokens = list(prompt) + [mask_id] * (self.canvas_end - self.prompt_len)
         # The quota schedule is the whole request's: a resumed block must commit as the uninterrupted one did.
-        self.steps = min(denoising_steps, self.max_tokens + resumed)
-        self.admit_alone = False                   # an engine died admitting it: no other admission in its step
+        self.steps = min(denoising_steps, self.max_tokens + self.resumed)
+        self.admit_alone = bool(resumption and resumption.alone)
         self.block_steps: dict[int, int] = {}      # activated block → forwards it took part in
         self.masked_at_start: dict[int, int] = {}
         self.settled: set[int] = set()             # edit mode: filled blocks whose edits have stopped
@@ -48,7 +49,7 @@ class Request:
         self.finish_reason: str | None = None
         self.output: list[int] | None = None
         self.edit_mode = False
-        self.arrival = time.monotonic()
+        self.arrival = time.monotonic() - (resumption.spent_s if resumption else 0.0)
         self.first_scheduled: float | None = None
         self.first_step_done: float | None = None
         self.finished_time: float | None = None

@@ -10,19 +10,12 @@ ACCEPTED, ERROR, STEP, BATCH = "accepted", "error", "step", "batch"
 LOST = "lost"
 
 
-class Resume(TypedDict):
-    """A request resubmitted after an engine died: what the new engine must know beyond prompt and params."""
-    generated: int            # the prompt ends with this many tokens the request generated before
-    spent_s: float            # seconds since the request was first submitted (they count as queue time)
-    alone: bool               # an engine died while admitting it: admit it in a step that admits no other
-
-
 class Generate(TypedDict):
     type: str
     rid: str
     prompt: list[int]
     params: dict              # dlx.params.SamplingParams.to_dict()
-    resume: NotRequired[Resume]
+    resume: NotRequired[dict]  # dlx.params.Resumption.to_dict(): resubmitted after the engine that had it died
 
 
 class Abort(TypedDict):
@@ -65,15 +58,11 @@ class Lost(TypedDict):
     rid: str
 
 
-def generate(rid: str, prompt: list[int], params: dict, resume: Resume | None = None) -> Generate:
+def generate(rid: str, prompt: list[int], params: dict, resume: dict | None = None) -> Generate:
     msg: Generate = {"type": GENERATE, "rid": rid, "prompt": prompt, "params": params}
     if resume is not None:
         msg["resume"] = resume
     return msg
-
-
-def resume(generated: int, spent_s: float, alone: bool) -> Resume:
-    return {"generated": generated, "spent_s": spent_s, "alone": alone}
 
 
 def lost(rid: str) -> Lost:
