@@ -1,5 +1,7 @@
 """Request parameters: the one definition of what a generation request may set, with its validation, shared
 by the Python API, the HTTP schemas and the ring messages. A leaf (standard library only): everyone imports it."""
+import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -110,6 +112,17 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    def remainder(self, produced: int, nfe: int) -> "SamplingParams":
+        """What is left of this request once an engine died after it had `produced` tokens (kept) and spent `nfe`
+        forwards: the budgets less what was spent and, when tokens are kept, a seed derived from (seed, produced),
+        so the part decoded again is reproducible without repeating the draws the kept tokens came from."""
+        seed = self.seed
+        if seed is not None and produced:
+            digest = hashlib.blake2b(f"{seed}:{produced}".encode(), digest_size=8).digest()
+            seed = int.from_bytes(digest, "little")
+        max_nfe = None if self.max_nfe is None else max(1, self.max_nfe - nfe)
+        return dataclasses.replace(self, max_tokens=max(1, self.max_tokens - produced), max_nfe=max_nfe, seed=seed)
+
     def to_dict(self) -> dict:
         """Every field, lists copied, so a ring message never aliases request state."""
         params = dict(self.__dict__)
@@ -126,3 +139,19 @@ class SamplingParams:
 
 
 FIELD_NAMES = frozenset(f.name for f in fields(SamplingParams))
+
+
+@dataclass
+class Resumption:
+    """A request resubmitted after the engine that had it died, besides its prompt and SamplingParams.remainder():
+    travels in the generate message as to_dict()."""
+    generated: int = 0       # the prompt ends with this many tokens the request generated before
+    spent_s: float = 0.0     # seconds since the request was first submitted (they count as queue time)
+    alone: bool = False      # an engine died admitting it: admit it in a step that admits no other request
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Resumption":
+        return cls(**values)

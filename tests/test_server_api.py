@@ -146,7 +146,8 @@ def test_models_health_metrics(server):
     for name in ("dlx_requests_total", "dlx_requests_running", "dlx_requests_waiting", "dlx_generated_tokens_total",
                  "dlx_nfe_total", "dlx_kv_pages_used", "dlx_kv_pages_free", "dlx_kv_pages_cached",
                  "dlx_step_seconds_bucket", "dlx_tokens_per_forward_bucket",
-                 'dlx_admission_waits_total{outcome="caught"}', "dlx_admission_wait_seconds_total"):
+                 'dlx_admission_waits_total{outcome="caught"}', "dlx_admission_wait_seconds_total",
+                 "dlx_requests_resumed_total 0.0", "dlx_engine_restarts_total 0.0"):
         assert name in text, name
 
 

@@ -14,7 +14,7 @@ from dlx.engine.sampler import Sampler
 from dlx.engine.scheduler import Scheduler
 from dlx.models import load_model
 from dlx.models.tokenizer_build import EOS_TOKEN, MASK_TOKEN, token_id
-from dlx.params import SamplingParams
+from dlx.params import Resumption, SamplingParams
 
 
 @dataclass
@@ -125,16 +125,20 @@ class LLMEngine:
         torch.cuda.empty_cache()
         return peak
 
-    def add_request(self, prompt: list[int], params: SamplingParams, rid: str | None = None) -> Request:
+    def add_request(self, prompt: list[int], params: SamplingParams, rid: str | None = None,
+                    resumption: Resumption | None = None) -> Request:
+        """`resumption`: the request was resubmitted after the engine that had it died."""
         if not prompt:
             raise ValueError("prompt is empty")
+        if resumption and not 0 <= resumption.generated < len(prompt):
+            raise ValueError(f"a resumed request keeps between 0 and {len(prompt) - 1} generated tokens")
         if len(prompt) >= self.cfg.max_model_len:
             raise ValueError(f"prompt has {len(prompt)} tokens; --max-model-len {self.cfg.max_model_len} "
                              "leaves no room to generate")
         if min(prompt) < 0 or max(prompt) >= self.vocab_size:
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
         req = Request(prompt, params, self.cfg.block_size, self.cfg.max_model_len, self.mask_id, self.eos_id,
-                      self.cfg.denoising_steps, rid)
+                      self.cfg.denoising_steps, rid, resumption)
         req.edit_mode = (params.sampling_mode or self.cfg.sampling_mode) == "edit"
         self.scheduler.add(req)
         return req

@@ -4,7 +4,7 @@ import enum
 import itertools
 import time
 
-from dlx.params import SamplingParams
+from dlx.params import Resumption, SamplingParams
 
 _ids = itertools.count()
 
@@ -21,15 +21,21 @@ class Request:
     stored in the KV cache by the next forward and then only read through pages."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, block_size: int, max_model_len: int,
-                 mask_id: int, eos_id: int | None, denoising_steps: int = 32, rid: str | None = None):
+                 mask_id: int, eos_id: int | None, denoising_steps: int = 32, rid: str | None = None,
+                 resumption: Resumption | None = None):
+        """A `resumption` (the engine that had the request died) ends the prompt with `resumed` tokens of the
+        request's own output; max_tokens is already less those tokens."""
         self.rid = rid if rid is not None else f"req-{next(_ids)}"
         self.params, self.mask_id, self.eos_id, self.B = params, mask_id, eos_id, block_size
-        self.prompt_len = len(prompt)
+        self.resumption = resumption
+        self.prompt_len, self.resumed = len(prompt), resumption.generated if resumption else 0
         self.max_tokens = min(params.max_tokens, max_model_len - len(prompt))
         self.gen_end = self.prompt_len + self.max_tokens
         self.canvas_end = -(-self.gen_end // block_size) * block_size
         self.tokens = list(prompt) + [mask_id] * (self.canvas_end - self.prompt_len)
-        self.steps = min(denoising_steps, self.max_tokens)
+        # The quota schedule is the whole request's: a resumed block must commit as the uninterrupted one did.
+        self.steps = min(denoising_steps, self.max_tokens + self.resumed)
+        self.admit_alone = bool(resumption and resumption.alone)
         self.block_steps: dict[int, int] = {}      # activated block → forwards it took part in
         self.masked_at_start: dict[int, int] = {}
         self.settled: set[int] = set()             # edit mode: filled blocks whose edits have stopped
@@ -43,7 +49,7 @@ class Request:
         self.finish_reason: str | None = None
         self.output: list[int] | None = None
         self.edit_mode = False
-        self.arrival = time.monotonic()
+        self.arrival = time.monotonic() - (resumption.spent_s if resumption else 0.0)
         self.first_scheduled: float | None = None
         self.first_step_done: float | None = None
         self.finished_time: float | None = None
@@ -141,15 +147,18 @@ class Request:
         return False
 
     def repetition_end(self, gen: list[int], stable: int) -> int | None:
-        """End of the first run of `max_repetition_run` identical stable tokens, if any."""
+        """End of the first run of `max_repetition_run` identical stable tokens, if any; a resumed request's run
+        may have begun in the output it generated before."""
         limit = self.params.max_repetition_run
         if not limit:
             return None
+        earlier = self.tokens[max(self.prompt_len - self.resumed, self.prompt_len - limit):self.prompt_len]
+        run = earlier + gen[:stable]
         length = 0
-        for i in range(stable):
-            length = length + 1 if i and gen[i] == gen[i - 1] else 1
-            if length >= limit:
-                return i + 1
+        for i in range(len(run)):
+            length = length + 1 if i and run[i] == run[i - 1] else 1
+            if length >= limit and i >= len(earlier):
+                return i + 1 - len(earlier)
         return None
 
     # ---- timing (engine clock) -------------------------------------------------------------------------

@@ -25,6 +25,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.plans: dict[str, StepPlan] = {}
+        self.admitted: list[Request] = []   # requests this step moves from waiting to running (their prefill)
         self.num_preemptions = 0
         self.prefix_hit_tokens = 0
 
@@ -49,6 +50,7 @@ class Scheduler:
     def schedule(self) -> list[Request]:
         """Choose this step's batch; every chosen request has its pages and a StepPlan."""
         self.plans.clear()
+        self.admitted = []
         batch, budget = [], self.token_budget
         for req in list(self.running):
             if req not in self.running:
@@ -64,6 +66,8 @@ class Scheduler:
             budget -= plan.end - plan.start
         while self.waiting and len(self.running) < self.max_num_reqs:
             req = self.waiting[0]
+            if req.admit_alone and self.admitted:
+                break   # it waits for a step of its own, so that a death in its prefill is blamed on it alone
             if not req.pages:
                 req.pages, req.page_hashes = self.kv.match_prefix(req.tokens, req.done_prefix_len())
                 req.stored = len(req.pages) * self.kv.page_size
@@ -82,6 +86,9 @@ class Scheduler:
             batch.append(req)
             self.plans[req.rid] = plan
             budget -= plan.end - plan.start
+            self.admitted.append(req)
+            if req.admit_alone:
+                break
         return batch
 
     def plan(self, req: Request) -> StepPlan:

@@ -8,11 +8,11 @@ from werkzeug.exceptions import HTTPException
 
 from dlx.config import DEFAULT_RUNTIME_FILE
 from dlx.frontend import openai_api
-from dlx.frontend.client import EngineUnavailable
+from dlx.frontend.client import EngineFailed, EngineUnavailable
 from dlx.frontend.decoding import Decoding
 from dlx.frontend.metrics import render_metrics
 from dlx.frontend.schemas import RequestError, error_body, parse_generate
-from dlx.frontend.server import ClientGone, EngineFailed, Server
+from dlx.frontend.server import ClientGone, Server
 from dlx.frontend.sse import error_frame, final_frame, generate_append_frame, generate_snapshot_frame
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")

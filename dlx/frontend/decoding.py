@@ -1,5 +1,6 @@
 """Turns one request's engine events into text: the denoising buffer, the stable prefix detokenized
-incrementally, stop strings (the frontend holds the tokenizer, so it ends requests on them), the result."""
+incrementally, stop strings (the frontend holds the tokenizer, so it ends requests on them), the result, and
+where a request whose engine died resumes (its events from then on continue the same response)."""
 import time
 
 from dlx.frontend.detokenizer import IncrementalDetokenizer, find_stop, render_snapshot, safe_prefix_len
@@ -25,21 +26,60 @@ class Decoding:
         self.timing: dict = {}
         self.first_step_at: float | None = None   # when the first step event arrived (decode time starts)
         self.stopped_by_string = False
+        # Resumption after an engine died: the generated tokens resubmitted with the prompt, the current engine's
+        # region after them, and the forwards spent on engines that died.
+        self.kept: list[int] = []
+        self.engine_region: list[int] = []
+        self.nfe_base = 0
+        self.resumed_after_step = False
+        # Where a fresh request retraces this one exactly: `clean` is the start of the latest block the engine
+        # opened while every earlier block was final; `open_end` ends the opened blocks, all final if all_stable.
+        self.clean = self.open_end = 0
+        self.all_stable = True
 
     def update(self, msg: Step) -> None:
         """Apply one `step` event."""
-        self.region = self.region[:msg["offset"]] + list(msg["tokens"])
-        self.stable, self.nfe = msg["stable"], msg["nfe"]
+        self.engine_region = self.engine_region[:msg["offset"]] + list(msg["tokens"])
+        region = self.kept + self.engine_region if self.kept else self.engine_region
+        stable = len(self.kept) + msg["stable"]
+        if len(region) > self.open_end and self.all_stable:
+            self.clean = self.open_end
+        self.open_end, self.all_stable = len(region), stable >= len(region)
+        # Tokens once stable never change, not even when a restarted engine decodes them again.
+        committed = self.region[:self.stable]
+        self.region = committed + region[len(committed):] if committed else region
+        self.stable, self.nfe = max(self.stable, stable), self.nfe_base + msg["nfe"]
         if self.first_step_at is None:
             self.first_step_at = time.monotonic()
             self.timing = dict(msg.get("timing") or {})   # queue_s and prefill_s, from the engine
         if msg["finished"]:
-            self.finish(self.region, msg["reason"], msg.get("timing") or self.timing)
+            # After a resumption the engine's clock covers only its own part: decode time is measured here.
+            self.finish(self.region, msg["reason"],
+                        self.timing if self.resumed_after_step else msg.get("timing") or self.timing)
             return
         self.stable_text += self.detok.push(self.region[:self.stable])
         if self.stops and find_stop(self.stable_text, self.stops, 0) is not None:
             self.finish(self.region[:self.stable], "stop", self.timing)
             self.stopped_by_string = True
+
+    def resume_point(self, greedy: bool) -> int:
+        """How many generated tokens a resubmission keeps after its engine died. Sampled: every stable token (the
+        client may have seen them, and new draws could differ). Greedy: the tokens before the latest point where
+        the engine had no block open; a fresh request from there opens the same absolute blocks with the same
+        buffer and retraces the uninterrupted run, so what it decodes again equals what was seen."""
+        if not greedy:
+            return self.stable
+        return self.open_end if self.all_stable else self.clean
+
+    def resume(self, keep: int) -> list[int]:
+        """The request goes to a restarted engine keeping `keep` generated tokens (returned): that engine's events
+        count from there, its forwards add to those spent."""
+        self.kept, self.engine_region = self.region[:keep], []
+        self.nfe_base = self.nfe
+        self.resumed_after_step = self.resumed_after_step or self.first_step_at is not None
+        self.clean = self.open_end = keep
+        self.all_stable = True
+        return self.kept
 
     def finish(self, tokens: list[int], reason: str, timing: dict) -> None:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)

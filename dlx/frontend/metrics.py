@@ -22,6 +22,10 @@ class BoardCollector:
         for status, n in sorted(outcomes.items()):
             requests.add_metric([status], n)
         yield requests
+        yield CounterMetricFamily("dlx_requests_resumed", "Requests resubmitted to a restarted worker pool",
+                                  value=sum(rec.get("resumed", 0) for rec in frontends))
+        yield CounterMetricFamily("dlx_engine_restarts", "Worker pools restarted after a worker died",
+                                  value=self.client.control_record().get("restarts", 0))
         gauges = {"running": "Requests being decoded", "waiting": "Requests waiting for admission",
                   "kv_pages_used": "KV pages referenced by requests", "kv_pages_free": "KV pages free to allocate",
                   "kv_pages_cached": "Free KV pages still holding a reusable prefix"}

@@ -1,12 +1,13 @@
 """Per-process frontend state: the tokenizer, the engine client, and the request lifecycle shared by
-every endpoint (tokenize → submit → wait for acceptance → follow engine events → abort on disconnect)."""
+every endpoint (tokenize → submit → wait for acceptance → follow engine events → abort on disconnect), a
+resubmission to the restarted pool included when the engine dies."""
 import select
 import socket
 import time
 
 from flask import request
 
-from dlx.frontend.client import EngineClient
+from dlx.frontend.client import EngineClient, EngineFailed
 from dlx.frontend.decoding import Decoding
 from dlx.frontend.schemas import RequestError, check_prompt_length
 from dlx.frontend.sse import SSE_DONE
@@ -18,10 +19,6 @@ POLL_S = 0.5
 
 class ClientGone(Exception):
     """The client closed its connection; the request is aborted and nobody reads the answer."""
-
-
-class EngineFailed(Exception):
-    """The engine ended a request with an error after accepting it (a worker died): a 500 naming the cause."""
 
 
 def client_gone() -> bool:
@@ -89,6 +86,9 @@ class Server:
                     self.client.abort(handle)
                     raise ClientGone()
                 continue
+            if msg["type"] == messages.LOST:
+                self.recover(handle, None)
+                continue
             if msg["type"] == messages.ERROR:
                 self.client.finish(handle)
                 raise RequestError(msg["message"], None, msg.get("code", 500),
@@ -108,9 +108,11 @@ class Server:
                     raise ClientGone()
                 if msg is None:
                     continue
-                if msg["type"] == messages.ERROR:
+                if msg["type"] == messages.LOST:
+                    self.recover(handle, decoding)
+                elif msg["type"] == messages.ERROR:
                     raise EngineFailed(msg["message"])
-                if msg["type"] == messages.STEP:
+                elif msg["type"] == messages.STEP:
                     decoding.update(msg)
                     yield msg
         finally:
@@ -118,6 +120,16 @@ class Server:
                 self.client.finish(handle)
             else:
                 self.client.abort(handle)
+
+    def recover(self, handle, decoding: Decoding | None) -> None:
+        """The engine died with this request in flight: resubmit its prompt and the generated tokens it keeps
+        (none before it was accepted) with what is left of its budgets; the client waits for the restarted pool
+        and may decide that the request is not retried (EngineFailed)."""
+        kept, nfe = [], 0
+        if decoding is not None:
+            nfe = decoding.nfe
+            kept = decoding.resume(decoding.resume_point(handle.params.greedy))
+        self.client.resubmit(handle, handle.prompt + kept, handle.params.remainder(len(kept), nfe), len(kept))
 
     def stream(self, handle, decoding: Decoding, body, error_frame):
         """An SSE stream's lifecycle, shared by every endpoint: body(events) yields frames while the engine

@@ -1,11 +1,13 @@
 """The messages frontends and the engine leader exchange over the rings, one builder per kind: the keys both
 sides read are written here and nowhere else. On the wire they are plain dicts (msgpack), typed below."""
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 # Frontend → leader.
 GENERATE, ABORT = "generate", "abort"
 # Leader → frontend: an answer to a generate (accepted or error), a request's step, several events at once.
 ACCEPTED, ERROR, STEP, BATCH = "accepted", "error", "step", "batch"
+# Inside a frontend: its reader tells a request's handler that the engine that had the request died.
+LOST = "lost"
 
 
 class Generate(TypedDict):
@@ -13,6 +15,7 @@ class Generate(TypedDict):
     rid: str
     prompt: list[int]
     params: dict              # dlx.params.SamplingParams.to_dict()
+    resume: NotRequired[dict]  # dlx.params.Resumption.to_dict(): resubmitted after the engine that had it died
 
 
 class Abort(TypedDict):
@@ -50,8 +53,20 @@ class Batch(TypedDict):
     events: list[dict]
 
 
-def generate(rid: str, prompt: list[int], params: dict) -> Generate:
-    return {"type": GENERATE, "rid": rid, "prompt": prompt, "params": params}
+class Lost(TypedDict):
+    type: str
+    rid: str
+
+
+def generate(rid: str, prompt: list[int], params: dict, resume: dict | None = None) -> Generate:
+    msg: Generate = {"type": GENERATE, "rid": rid, "prompt": prompt, "params": params}
+    if resume is not None:
+        msg["resume"] = resume
+    return msg
+
+
+def lost(rid: str) -> Lost:
+    return {"type": LOST, "rid": rid}
 
 
 def abort(rid: str) -> Abort:

@@ -7,13 +7,15 @@ from collections.abc import Callable
 from dlx.engine.engine import LLMEngine, StepOutput
 from dlx.ipc import ChannelSet, IpcError, messages
 from dlx.ipc.board import StatusBoard
-from dlx.params import SamplingParams
+from dlx.params import Resumption, SamplingParams
 from dlx.workers.admission import AdmissionPolicy
+from dlx.workers.faults import ExitHook
 from dlx.workers.metrics import EngineMetrics
 
 IDLE_WAIT_S = 1.0   # an idle leader wakes this often: to notice a stop and to refresh its heartbeat
 SEND_TIMEOUT_S = 10.0
 EVENTS_PER_MESSAGE = 64   # a step's events for one frontend travel together, at most this many per message
+MAX_ADMITTING = 128       # request ids a leader record names as being admitted (bounds the record's size)
 
 
 def apply_commands(engine: LLMEngine, commands: list[dict]) -> list[tuple[dict, str | None, int]]:
@@ -29,7 +31,8 @@ def apply_commands(engine: LLMEngine, commands: list[dict]) -> list[tuple[dict, 
             continue
         try:
             params = SamplingParams.from_dict(cmd["params"])
-            engine.add_request(cmd["prompt"], params, rid=cmd["rid"])
+            resumption = Resumption.from_dict(cmd["resume"]) if "resume" in cmd else None
+            engine.add_request(cmd["prompt"], params, rid=cmd["rid"], resumption=resumption)
             results.append((cmd, None, 200))
         except (ValueError, TypeError) as exc:
             results.append((cmd, str(exc), 400))
@@ -52,6 +55,8 @@ class Leader:
         self.parent = os.getppid()
         self.last_publish = 0.0
         self.published_counts = (-1, -1)
+        self.published_admitting: list[str] = []
+        self.exit_hook = ExitHook.from_env(generation)   # test-only (dlx.workers.faults)
 
     def run(self) -> None:
         for channel in self.channels.channels:   # requests queued for a previous engine are stale
@@ -119,7 +124,7 @@ class Leader:
     def step(self) -> int:
         """One engine step and its snapshots; returns how many requests finished."""
         started = time.perf_counter()
-        outputs = self.engine.step(on_scheduled=self.publish)   # requests moved from waiting to running
+        outputs = self.engine.step(on_scheduled=self.scheduled)
         self.last_step_s = time.perf_counter() - started
         self.metrics.record_step(self.last_step_s, self.engine.last_metrics)
         finished = 0
@@ -129,6 +134,15 @@ class Leader:
                 finished += 1
             self.send_output(out)
         return finished
+
+    def scheduled(self) -> None:
+        """The step's batch is chosen, its forward not run yet: publish the counts of requests moved from waiting
+        to running, and which requests this step admits (should the engine die now, the supervisor blames them,
+        so the board names exactly this step's admissions), then give the test-only fault hook its turn."""
+        admitting = [req.rid for req in self.engine.scheduler.admitted[:MAX_ADMITTING]]
+        self.publish(force=bool(admitting or self.published_admitting), admitting=admitting)
+        if self.exit_hook is not None:
+            self.exit_hook.at_step(self.engine.scheduler)
 
     def wait_for_followers(self, finished: int) -> None:
         """After a step that finished requests, give the clients' next requests a moment to arrive (a
@@ -199,7 +213,7 @@ class Leader:
         self.owner.pop(rid, None)
         self.sent.pop(rid, None)
 
-    def publish(self, force: bool = False) -> None:
+    def publish(self, force: bool = False, admitting: list[str] | None = None) -> None:
         """Liveness and metrics for /health and /metrics: whenever the running or waiting count changed, else at
         most every 0.1 s while busy, and when idle (a board write, not a loop: idle leaders still sleep)."""
         now = time.time()
@@ -207,8 +221,10 @@ class Leader:
         if not force and counts == self.published_counts and now - self.last_publish < 0.1:
             return
         self.last_publish, self.published_counts = now, counts
+        self.published_admitting = admitting or []
         gauges = {"running": counts[0], "waiting": counts[1],
                   "kv_pages_used": self.engine.kv.num_used, "kv_pages_free": self.engine.kv.num_free,
                   "kv_pages_cached": self.engine.kv.num_cached}
         self.board.write(self.slot, {"pid": os.getpid(), "generation": self.generation, "ready": True,
-                                     "heartbeat": now, "gauges": gauges, **self.metrics.snapshot()})
+                                     "heartbeat": now, "gauges": gauges, "admitting": self.published_admitting,
+                                     **self.metrics.snapshot()})

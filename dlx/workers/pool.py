@@ -1,5 +1,6 @@
 """The worker pool: spawns tensor-parallel × data-parallel worker processes, and a supervisor thread that
-notices a dead worker, takes the pool down, marks the server unhealthy and starts a fresh pool."""
+notices a dead worker, notes which requests the dead group was admitting, takes the pool down, marks the
+server unhealthy and starts a fresh pool (frontends resubmit what they had in flight)."""
 import multiprocessing.connection
 import os
 import socket
@@ -31,14 +32,17 @@ class WorkerPool:
     def __init__(self, cfg: Config, prefix: str, board: StatusBoard):
         self.cfg, self.prefix, self.board = cfg, prefix, board
         self.processes: list = []
+        self.process_groups: list[int] = []   # the data-parallel group of each process
         self.generation = 0
+        self.restarts = 0
+        self.blamed: list[str] = []           # requests being admitted where a worker died last
         self.context = mp.get_context("spawn")
 
     def start(self) -> None:
         self.generation += 1
         self.set_state("starting")
         cfg_dict = {k: v for k, v in self.cfg.to_dict().items() if k != "warnings"}
-        self.processes = []
+        self.processes, self.process_groups = [], []
         for group in range(self.cfg.data_parallel_size):
             port = free_port()
             for tp_rank in range(self.cfg.tensor_parallel_size):
@@ -46,9 +50,19 @@ class WorkerPool:
                                          args=(tp_rank, group, cfg_dict, self.prefix, port, self.generation))
                 p.start()
                 self.processes.append(p)
+                self.process_groups.append(group)
 
     def set_state(self, state: str, stop: bool = False) -> None:
-        self.board.write(0, {"state": state, "generation": self.generation, "stop": stop})
+        self.board.write(0, {"state": state, "generation": self.generation, "stop": stop,
+                             "restarts": self.restarts, "blamed": self.blamed})
+
+    def note_death(self) -> None:
+        """A worker died: blame the requests its group's leader was admitting (the step that died was their first
+        forward). Read before the pool stops: the next pool's leaders overwrite their records."""
+        groups = sorted({g for g, p in zip(self.process_groups, self.processes) if exited(p)})
+        records = [self.board.read(leader_slot(g)) or {} for g in groups]
+        self.blamed = [rid for rec in records if rec.get("generation") == self.generation
+                       for rid in rec.get("admitting", ())]
 
     def ready(self) -> bool:
         """Every leader of this generation has published a record."""
@@ -88,13 +102,12 @@ class WorkerPool:
 
 
 class Supervisor(threading.Thread):
-    """Restarts the pool when any worker dies; frontends see the leader vanish and fail in-flight requests."""
+    """Restarts the pool when any worker dies; frontends see the leader vanish and resubmit in-flight requests."""
 
     def __init__(self, pool: WorkerPool):
         super().__init__(name="dlx-supervisor", daemon=True)
         self.pool = pool
         self.stopping = threading.Event()
-        self.restarts = 0
         # stop() writes here, so the wait below needs no timeout: an idle server's supervisor never wakes.
         self.wake_read, self.wake_write = os.pipe()
 
@@ -105,11 +118,12 @@ class Supervisor(threading.Thread):
             multiprocessing.connection.wait(sentinels + [self.wake_read])
             if self.stopping.is_set() or not self.pool.dead():
                 continue
+            self.pool.note_death()
             self.pool.set_state("restarting")
             self.pool.stop(grace=0.5)
             if self.stopping.is_set():
                 return
-            self.restarts += 1
+            self.pool.restarts += 1
             self.pool.start()
             if self.pool.wait_ready():
                 backoff = 1.0
