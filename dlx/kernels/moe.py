@@ -1,13 +1,16 @@
-"""Mixture-of-experts compute: routed SwiGLU experts over stacked weights, weighted and summed.
+"""Mixture-of-experts compute: routed gated experts (SwiGLU unless told) over stacked weights, weighted and summed.
 The PyTorch path here loops over the experts that received tokens; fused kernels plug in beside it."""
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 
-def moe_reference(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-                  topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
-    """x [T, H]; w13 [E, 2I, H] (gate rows then up rows); w2 [E, H, I];
-    topk_ids/topk_weights [T, K]. The weighted sum runs in the weights' dtype (fp32)."""
+def moe_reference(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,
+                  topk_weights: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor] = F.silu
+                  ) -> torch.Tensor:
+    """x [T, H]; w13 [E, 2I, H] (gate rows then up rows); w2 [E, H, I]; topk_ids/topk_weights [T, K];
+    each expert computes down(activation(gate) * up). The weighted sum runs in the weights' dtype (fp32)."""
     num_tokens, top_k = topk_ids.shape
     flat = topk_ids.reshape(-1)
     order = torch.argsort(flat, stable=True)
@@ -20,7 +23,7 @@ def moe_reference(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
             continue
         rows = slice(start, start + count)
         gate, up = F.linear(routed[rows], w13[expert]).chunk(2, dim=-1)
-        out[rows] = F.linear(F.silu(gate) * up, w2[expert])
+        out[rows] = F.linear(activation(gate) * up, w2[expert])
         start += count
     unsorted = torch.empty_like(out)
     unsorted[order] = out
