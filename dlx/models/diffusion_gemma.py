@@ -132,9 +132,9 @@ class SelfConditioning(nn.Module):
 
 
 class DiffusionGemmaModel(nn.Module):
-    """Scaled embedding → layers → final norm → tied output head with tanh soft-capping. One stack of layers serves
-    both passes, as the checkpoint ties them: the encoder runs it causally over the prompt (sliding layers within
-    their window) and keeps each layer's keys and values; the decoder runs it bidirectionally over the canvas,
+    """Scaled embedding → layers → final norm → tied output head with tanh soft-capping. One stack of layers
+    serves both passes, as the checkpoint ties them: the encoder runs it causally over the prompt (sliding layers
+    within their window) and keeps each layer's keys and values; the decoder runs it bidirectionally over the canvas,
     each layer also reading the prompt's keys (a sliding layer only the last window - 1 of them)."""
 
     # Still to come for the engine: the prompt's KV in paged cache blocks, written once and read by every denoising
