@@ -11,8 +11,9 @@ from safetensors import safe_open
 
 from dlx.models.diffusion_gemma import DiffusionGemmaConfig, DiffusionGemmaModel
 from dlx.models.diffusion_gemma_layers import NORMS
+from dlx.models.interface import check_shape
 from dlx.models.layers import copy_full
-from dlx.models.loader import check_shape, checkpoint_files, read_config, resolve_dtype
+from dlx.models.loader import checkpoint_files, read_config, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def load_diffusion_gemma(model_dir: str, dtype: str = "auto", device: str | torc
     """Build the model from config.json and fill it from the safetensors files (single or sharded)."""
     cfg = DiffusionGemmaConfig.from_hf(read_config(model_dir))
     files = checkpoint_files(model_dir)
-    with default_dtype(resolve_dtype(dtype, cfg)), torch.device(device):
+    with default_dtype(resolve_dtype(dtype, cfg.torch_dtype)), torch.device(device):
         model = DiffusionGemmaModel(cfg)
     weights = WeightMap(model)
     for path in files:
