@@ -108,7 +108,7 @@ def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int)
             engine.add_request(prompt, params)
         while engine.has_work():
             running = engine.scheduler.running + list(engine.scheduler.waiting)
-            wanted = sum(len(engine.sampler.logit_positions(req)) for req in running if req.block_steps)
+            wanted = sum(len(engine.strategy.logit_positions(req)) for req in running if req.block_steps)
             steady = all(req.nfe >= 1 for req in running) and len(running) == batch and engine.scheduler.running
             if r and steady and not distinct:
                 with chosen_experts(engine.model) as chosen:   # counted on an untimed step: unique() syncs

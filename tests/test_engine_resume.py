@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from dlx.engine.request import Request
+from dlx.engine.strategy import repetition_end
 from dlx.frontend.decoding import Decoding
 from dlx.params import Resumption, SamplingParams
 from dlx.workers.leader import Leader
@@ -95,10 +96,10 @@ def test_a_repetition_run_may_begin_in_the_kept_tokens():
     def request(prompt: list[int], resumed: int) -> Request:
         return Request(prompt, params, block_size=4, max_model_len=64, mask_id=0, eos_id=None,
                        resumption=Resumption(resumed))
-    assert request([5, 6, 9, 9], resumed=2).repetition_end([9, 1, 1, 1], 4) == 1
-    assert request([5, 9, 9, 9], resumed=1).repetition_end([9, 2], 2) is None   # the prompt's own 9s do not count
-    assert request([5, 9, 9, 9], resumed=0).repetition_end([9, 2, 2], 3) is None
-    assert request([5, 6, 7, 9], resumed=3).repetition_end([9, 9, 3], 1) is None   # the run is not stable yet
+    assert repetition_end(request([5, 6, 9, 9], resumed=2), [9, 1, 1, 1], 4) == 1
+    assert repetition_end(request([5, 9, 9, 9], resumed=1), [9, 2], 2) is None   # the prompt's own 9s do not count
+    assert repetition_end(request([5, 9, 9, 9], resumed=0), [9, 2, 2], 3) is None
+    assert repetition_end(request([5, 6, 7, 9], resumed=3), [9, 9, 3], 1) is None   # the run is not stable yet
 
 
 @pytest.mark.parametrize("seed", [7, None])

@@ -1,2 +1,2 @@
-"""The engine: requests and their block buffers, paged KV cache, scheduler, samplers, decoding.
-`dlx.engine.reference` is the deliberately simple full-recompute decoder every path is tested against."""
+"""The engine: request state, paged KV cache, scheduler, sampler, and decoding strategies (`strategy`, one file
+per family). `dlx.engine.reference` is the deliberately simple full-recompute decoder every path is tested against."""

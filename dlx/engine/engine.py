@@ -12,6 +12,7 @@ from dlx.engine.request import Request, Status
 from dlx.engine.runner import ModelRunner
 from dlx.engine.sampler import Sampler
 from dlx.engine.scheduler import Scheduler
+from dlx.engine.strategy import strategy_for
 from dlx.models import load_model
 from dlx.models.tokenizer_build import EOS_TOKEN, MASK_TOKEN, token_id
 from dlx.params import Resumption, SamplingParams
@@ -68,10 +69,9 @@ class LLMEngine:
         if cfg.cuda_graphs:
             self.capture_graphs()
         self.kv = KVCacheManager(num_pages, cfg.page_size, not cfg.disable_prefix_caching)
-        self.scheduler = Scheduler(self.kv, cfg.max_num_reqs, cfg.max_num_batched_tokens,
-                                   cfg.buffer_size, cfg.add_block_threshold)
-        self.sampler = Sampler(self.mask_id, cfg.accept_threshold, cfg.semi_complete_threshold,
-                               cfg.edit_threshold, cfg.max_post_edit_steps)
+        self.strategy = strategy_for(cfg)
+        self.scheduler = Scheduler(self.kv, cfg.max_num_reqs, cfg.max_num_batched_tokens, self.strategy)
+        self.sampler = Sampler(self.mask_id)
         self.last_metrics = StepMetrics()
         self.last_finished: dict[str, Request] = {}   # requests that finished in the latest step
 
@@ -139,7 +139,6 @@ class LLMEngine:
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
         req = Request(prompt, params, self.cfg.block_size, self.cfg.max_model_len, self.mask_id, self.eos_id,
                       self.cfg.denoising_steps, rid, resumption)
-        req.edit_mode = (params.sampling_mode or self.cfg.sampling_mode) == "edit"
         self.scheduler.add(req)
         return req
 
@@ -158,10 +157,10 @@ class LLMEngine:
             return []
         if on_scheduled is not None:
             on_scheduled()
-        positions = [self.sampler.logit_positions(req) for req in batch]
+        positions = [self.strategy.logit_positions(req) for req in batch]
         logits = self.runner.run(batch, self.scheduler.plans, positions)
         chosen = self.sampler.choose(batch, logits, [len(p) for p in positions])
-        committed = [self.sampler.apply(req, pos, *choice) for req, pos, choice in zip(batch, positions, chosen)]
+        committed = [self.strategy.commit(req, pos, *choice) for req, pos, choice in zip(batch, positions, chosen)]
         first = [req.first_step_done is None for req in batch]
         now = time.monotonic()
         for req in batch:   # stamped before postprocess, so a request finished by this step ends after it
@@ -176,9 +175,7 @@ class LLMEngine:
         if finished:
             return StepOutput(req.rid, list(req.output), len(req.output), req.nfe, True, req.finish_reason, req.output,
                               req.timing())
-        end = min(req.gen_end, req.next_block * req.B)
-        region = req.tokens[req.prompt_len:end]
-        return StepOutput(req.rid, region, req.stable_len(), req.nfe, False,
+        return StepOutput(req.rid, self.strategy.shown_tokens(req), self.strategy.stable_len(req), req.nfe, False,
                           timing=req.start_timing() if first else None)
 
     def record_metrics(self, batch: list[Request], committed: list[int], seconds: float) -> None:

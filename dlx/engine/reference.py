@@ -4,7 +4,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dlx.engine.sampler import filter_logits, quota
+from dlx.engine.block_diffusion import quota
+from dlx.engine.sampler import filter_logits
 from dlx.kernels.attention import AttentionMetadata
 
 

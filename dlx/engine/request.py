@@ -1,5 +1,5 @@
-"""One generation request and its block buffer: the canvas of prompt + masked blocks, which blocks are
-active, what is stored in the paged cache, and the stop rules that decide when its output is final."""
+"""One generation request's state: the canvas of prompt + masked blocks, which blocks are active or settled,
+what is stored in the paged cache, its output and timing. The decoding strategy owns the rules that change it."""
 import enum
 import itertools
 import time
@@ -17,7 +17,7 @@ class Status(enum.Enum):
 
 class Request:
     """Blocks are absolute: block b covers positions [b·B, (b+1)·B). A block is *activated* when it joins
-    the buffer and *done* when it will never change again; done blocks at the front of the canvas are
+    the buffer and *settled* (done) when it will never change again; done blocks at the front of the canvas are
     stored in the KV cache by the next forward and then only read through pages."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, block_size: int, max_model_len: int,
@@ -38,7 +38,7 @@ class Request:
         self.admit_alone = bool(resumption and resumption.alone)
         self.block_steps: dict[int, int] = {}      # activated block → forwards it took part in
         self.masked_at_start: dict[int, int] = {}
-        self.settled: set[int] = set()             # edit mode: filled blocks whose edits have stopped
+        self.settled: set[int] = set()             # filled blocks that will not change again (the policy says when)
         self.filled_at: dict[int, int] = {}        # edit mode: block → its step count when masks ran out
         self.next_block = self.prompt_len // block_size
         self.stored = 0                            # tokens whose KV is in this request's pages
@@ -48,7 +48,6 @@ class Request:
         self.status = Status.WAITING
         self.finish_reason: str | None = None
         self.output: list[int] | None = None
-        self.edit_mode = False
         self.arrival = time.monotonic() - (resumption.spent_s if resumption else 0.0)
         self.first_scheduled: float | None = None
         self.first_step_done: float | None = None
@@ -60,9 +59,8 @@ class Request:
         return self.tokens[b * self.B:(b + 1) * self.B].count(self.mask_id)
 
     def block_done(self, b: int) -> bool:
-        if b < self.prompt_len // self.B:
-            return True
-        return self.block_masks(b) == 0 and (not self.edit_mode or b in self.settled)
+        """A block wholly in the prompt, or one its commit policy has settled."""
+        return b < self.prompt_len // self.B or b in self.settled
 
     def progress(self, b: int) -> float:
         return 1.0 if b < self.prompt_len // self.B else 1.0 - self.block_masks(b) / self.B
@@ -70,43 +68,7 @@ class Request:
     def active_blocks(self) -> list[int]:
         return [b for b in self.block_steps if not self.block_done(b)]
 
-    def activate_next_block(self, buffer_size: int, add_block_threshold: float) -> int | None:
-        """At most one new block per step: when the buffer has room and the last block is far enough."""
-        active = self.active_blocks()
-        span = max(self.block_steps) - min(active) + 1 if active else 0
-        can_add = self.next_block * self.B < self.canvas_end and not self.stop_token_seen() and span < buffer_size
-        if can_add and (not active or self.progress(self.next_block - 1) >= add_block_threshold):
-            b = self.next_block
-            self.block_steps[b], self.masked_at_start[b] = 0, self.block_masks(b)
-            self.next_block += 1
-            return b
-        return None
-
-    def undo_activation(self, b: int | None) -> None:
-        """The step that activated `b` did not run after all."""
-        if b is not None:
-            del self.block_steps[b], self.masked_at_start[b]
-            self.next_block = b
-
-    def done_prefix_len(self) -> int:
-        """Tokens before the first block that is not done: what a resumed request may find cached."""
-        b = 0
-        while b * self.B < self.canvas_end and self.block_done(b):
-            b += 1
-        return b * self.B
-
-    def forward_end(self) -> int:
-        """End of the rows this step computes: the last active block."""
-        return (max(self.active_blocks()) + 1) * self.B
-
-    def store_end(self) -> int:
-        """Done blocks right after the stored prefix are written to the cache by this step's forward."""
-        end, limit = self.stored, self.forward_end()
-        while end < limit and self.block_done(end // self.B):
-            end += self.B
-        return end
-
-    # ---- stop rules --------------------------------------------------------------------------------
+    # ---- stop tokens ------------------------------------------------------------------------------
     def generated(self) -> list[int]:
         return self.tokens[self.prompt_len:self.gen_end]
 
@@ -119,47 +81,6 @@ class Request:
     def stop_token_seen(self) -> bool:
         stops = self.stop_ids()
         return bool(stops) and any(t in stops for t in self.generated())
-
-    def stable_len(self) -> int:
-        """Leading generated tokens that can no longer change (no mask before them, block done)."""
-        gen = self.generated()
-        n = gen.index(self.mask_id) if self.mask_id in gen else len(gen)
-        if self.edit_mode:
-            first_open = min(self.active_blocks(), default=None)
-            if first_open is not None:
-                n = min(n, max(0, first_open * self.B - self.prompt_len))
-        return n
-
-    def check_finished(self) -> bool:
-        """Sets output and finish_reason once the text is decided; the same rules as the reference."""
-        gen, stable = self.generated(), self.stable_len()
-        stops = self.stop_ids()
-        cut = next((i for i, t in enumerate(gen[:stable]) if t in stops), None)
-        if cut is not None:
-            return self.finish("stop", gen[:cut])
-        if stable == len(gen):
-            return self.finish("length", gen)
-        run_end = self.repetition_end(gen, stable)
-        if run_end is not None:
-            return self.finish("repetition", gen[:run_end])
-        if self.params.max_nfe and self.nfe >= self.params.max_nfe:
-            return self.finish("max_nfe", gen[:stable])
-        return False
-
-    def repetition_end(self, gen: list[int], stable: int) -> int | None:
-        """End of the first run of `max_repetition_run` identical stable tokens, if any; a resumed request's run
-        may have begun in the output it generated before."""
-        limit = self.params.max_repetition_run
-        if not limit:
-            return None
-        earlier = self.tokens[max(self.prompt_len - self.resumed, self.prompt_len - limit):self.prompt_len]
-        run = earlier + gen[:stable]
-        length = 0
-        for i in range(len(run)):
-            length = length + 1 if i and run[i] == run[i - 1] else 1
-            if length >= limit and i >= len(earlier):
-                return i + 1 - len(earlier)
-        return None
 
     # ---- timing (engine clock) -------------------------------------------------------------------------
     def start_timing(self) -> dict:

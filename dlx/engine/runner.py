@@ -4,7 +4,7 @@ import torch
 
 from dlx.engine.graphs import GraphPlan, StepGraphs
 from dlx.engine.request import Request
-from dlx.engine.scheduler import StepPlan
+from dlx.engine.strategy import StepPlan
 from dlx.engine.step_io import LogitRows, StepBuffers, StepInputs, gather_inputs
 from dlx.kernels import fused_impl
 from dlx.kernels.attention import AttentionMetadata

@@ -1,17 +1,11 @@
-"""Samplers: turn logits of a request's open positions into commits. `naive` fills masks (threshold,
-else the step's quota of most confident); `edit` also rewrites filled tokens of open blocks."""
+"""The sampler: a token and its probability for each logit row of a step, greedy (the runner's argmax) or drawn
+with the request's temperature, top-k, top-p and seed. Which of them become commits is the strategy's rule."""
 import itertools
 
 import torch
 
 from dlx.engine.request import Request
 from dlx.engine.step_io import LogitRows
-
-
-def quota(step: int, masked_at_start: int, steps: int) -> int:
-    """Tokens a block must commit at its `step`-th step: masked_at_start spread over `steps`, ≥ 1."""
-    scheduled = masked_at_start // steps + (1 if step < masked_at_start % steps else 0)
-    return max(1, scheduled if step < steps else 0)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -37,19 +31,8 @@ def sample_tokens(logits: torch.Tensor, req: Request) -> tuple[torch.Tensor, tor
 
 
 class Sampler:
-    def __init__(self, mask_id: int, accept_threshold: float, semi_complete_threshold: float,
-                 edit_threshold: float, max_post_edit_steps: int):
-        self.mask_id = mask_id
-        self.accept, self.semi = accept_threshold, semi_complete_threshold
-        self.edit, self.max_post_edit = edit_threshold, max_post_edit_steps
-
-    def logit_positions(self, req: Request) -> list[int]:
-        """Positions whose logits this step needs: masks of open blocks (and filled tokens in edit mode)."""
-        out = []
-        for b in req.active_blocks():
-            lo = max(b * req.B, req.prompt_len)
-            out += [i for i in range(lo, (b + 1) * req.B) if req.edit_mode or req.tokens[i] == self.mask_id]
-        return out
+    def __init__(self, mask_id: int):
+        self.mask_id = mask_id   # never sampled
 
     @torch.no_grad()
     def choose(self, batch: list[Request], rows: LogitRows, sizes: list[int]) -> list[tuple[list, list]]:
@@ -72,43 +55,3 @@ class Sampler:
                 tokens, conf = sample_tokens(logits, req)
                 chosen[i] = (tokens.tolist(), conf.tolist())
         return chosen
-
-    def apply(self, req: Request, positions: list[int], tokens: list[int], conf: list[float]) -> int:
-        """Commit this step's tokens (chosen for `positions`) into req.tokens; returns how many masks were filled."""
-        active = req.active_blocks()
-        before = {b: req.progress(b) for b in [active[0] - 1] + active}
-        by_block: dict[int, list[int]] = {}
-        for row, pos in enumerate(positions):
-            by_block.setdefault(pos // req.B, []).append(row)
-        filled = 0
-        accept = self.accept if req.params.threshold is None else req.params.threshold
-        for b in active:
-            rows = by_block.get(b, [])
-            masked = [r for r in rows if req.tokens[positions[r]] == self.mask_id]
-            need = quota(req.block_steps[b], req.masked_at_start[b], req.steps)
-            confident = [r for r in masked if conf[r] > accept]
-            forced = b == active[0] or before.get(b - 1, 1.0) >= self.semi
-            if len(confident) < need and forced:
-                confident = sorted(masked, key=lambda r: (-conf[r], positions[r]))[:need]
-            for r in confident:
-                req.tokens[positions[r]] = tokens[r]
-            filled += len(confident)
-            if req.edit_mode:
-                self.edit_filled(req, b, rows, masked, tokens, conf, positions)
-            req.block_steps[b] += 1
-        return filled
-
-    def edit_filled(self, req: Request, b: int, rows: list[int], masked: list[int], tokens: list[int],
-                    conf: list[float], positions: list[int]) -> None:
-        """Rewrite filled tokens whose prediction changed with confidence above the edit threshold;
-        a block with no masks settles once an edit-free step passes or its post-edit budget runs out."""
-        changed = 0
-        for r in rows:
-            pos = positions[r]
-            if r not in masked and tokens[r] != req.tokens[pos] and conf[r] > self.edit:
-                req.tokens[pos] = tokens[r]
-                changed += 1
-        if req.block_masks(b) == 0:
-            filled_at = req.filled_at.setdefault(b, req.block_steps[b])
-            if not masked and (changed == 0 or req.block_steps[b] - filled_at >= self.max_post_edit):
-                req.settled.add(b)

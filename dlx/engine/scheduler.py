@@ -1,27 +1,17 @@
 """Scheduler: admits waiting requests (count, token budget, free KV pages), batches every running request
 into one ragged forward per step, preempts the newest when pages run out, settles requests after the step."""
 from collections import deque
-from dataclasses import dataclass
 
 from dlx.engine.kv_manager import KVCacheManager, chain_hash
 from dlx.engine.request import Request, Status
-
-
-@dataclass
-class StepPlan:
-    """Rows [start, end) of this request run in the forward; rows [start, store_end) are stored."""
-    start: int
-    store_end: int
-    end: int
-    activated: int | None
+from dlx.engine.strategy import DecodingStrategy, StepPlan
 
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, max_num_reqs: int, max_num_batched_tokens: int,
-                 buffer_size: int, add_block_threshold: float):
-        self.kv = kv
+                 strategy: DecodingStrategy):
+        self.kv, self.strategy = kv, strategy
         self.max_num_reqs, self.token_budget = max_num_reqs, max_num_batched_tokens
-        self.buffer_size, self.add_block_threshold = buffer_size, add_block_threshold
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.plans: dict[str, StepPlan] = {}
@@ -43,7 +33,7 @@ class Scheduler:
                 else:
                     self.running.remove(req)
                 self.release(req)
-                req.finish("abort", req.generated()[:req.stable_len()])
+                req.finish("abort", req.generated()[:self.strategy.stable_len(req)])
                 return req
         return None
 
@@ -55,9 +45,9 @@ class Scheduler:
         for req in list(self.running):
             if req not in self.running:
                 continue  # preempted while making room for an older request
-            plan = self.plan(req)
+            plan = self.strategy.plan(req)
             if plan.end - plan.start > budget:
-                req.undo_activation(plan.activated)
+                self.strategy.cancel(req, plan)
                 continue
             if not self.reserve_pages(req, plan, batch):
                 continue
@@ -69,15 +59,15 @@ class Scheduler:
             if req.admit_alone and self.admitted:
                 break   # it waits for a step of its own, so that a death in its prefill is blamed on it alone
             if not req.pages:
-                req.pages, req.page_hashes = self.kv.match_prefix(req.tokens, req.done_prefix_len())
+                req.pages, req.page_hashes = self.kv.match_prefix(req.tokens, self.strategy.reusable_prefix_len(req))
                 req.stored = len(req.pages) * self.kv.page_size
                 self.prefix_hit_tokens += req.stored
-            plan = self.plan(req)
+            plan = self.strategy.plan(req)
             # The budget first: pages taken and given back would go to the end of the free list, ahead of the
             # cached prefixes they were taken in front of, and so evict those early.
             pages = self.kv.allocate(self.pages_needed(req, plan)) if plan.end - plan.start <= budget else None
             if pages is None:
-                req.undo_activation(plan.activated)
+                self.strategy.cancel(req, plan)
                 break   # first come, first served: no overtaking
             req.pages += pages
             self.waiting.popleft()
@@ -90,10 +80,6 @@ class Scheduler:
             if req.admit_alone:
                 break
         return batch
-
-    def plan(self, req: Request) -> StepPlan:
-        activated = req.activate_next_block(self.buffer_size, self.add_block_threshold)
-        return StepPlan(req.stored, req.store_end(), req.forward_end(), activated)
 
     def pages_needed(self, req: Request, plan: StepPlan) -> int:
         return max(0, -(-plan.store_end // self.kv.page_size) - len(req.pages))
@@ -115,7 +101,8 @@ class Scheduler:
         if req in batch:
             batch.remove(req)
         plan = self.plans.pop(req.rid, None)
-        req.undo_activation(plan.activated if plan else None)
+        if plan is not None:
+            self.strategy.cancel(req, plan)
         self.release(req)
         req.status = Status.WAITING
         self.waiting.appendleft(req)
@@ -132,7 +119,7 @@ class Scheduler:
             req.stored = self.plans[req.rid].store_end
             self.register_full_pages(req)
             req.nfe += 1
-            if req.check_finished():
+            if self.strategy.finished(req):
                 self.running.remove(req)
                 self.release(req)
                 finished.append(req)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from dlx.engine.request import Request
-from dlx.engine.scheduler import StepPlan
+from dlx.engine.strategy import StepPlan
 
 
 @dataclass
