@@ -103,6 +103,7 @@ class StepGraphs:
         wanted = len(inputs.logit_rows)
         return LogitRows(self.logits[:wanted], self.tokens[:wanted], self.probs[:wanted])
 
+    @torch.no_grad()   # a forward with autograd recording would keep its activations (and capture that)
     def capture_all(self) -> tuple[int, float]:
         """Capture every bucket, largest first (the shared pool is sized by the first); (graphs, seconds)."""
         started = time.perf_counter()
@@ -115,6 +116,7 @@ class StepGraphs:
             torch.cuda.empty_cache()   # the warm-ups' blocks: what stays reserved is the graphs' pool
         return len(self.bodies) + len(self.heads), time.perf_counter() - started
 
+    @torch.no_grad()
     def run_largest(self) -> None:
         """The largest body and head buckets once, eagerly, on an empty batch (to measure their memory)."""
         (requests, rows), count = max(self.plan.body_keys()), max(self.plan.logit_rows)
