@@ -52,3 +52,36 @@ def rewrite_tensor(adapter_dir: str, suffix: str, change) -> None:
     key = next(k for k in tensors if k.endswith(suffix))
     tensors[key] = change(tensors[key]).contiguous()
     save_file(tensors, path)
+
+
+def adapter_logits(model_dir: str, lora_path: str = "", pre_merge: bool = False,
+                   rows: list[int] | int | None = None) -> torch.Tensor:
+    """Logits of a fixed 16-token prompt (one forward, blocks of 4) on the tiny model with `lora_path` served;
+    `rows`: the run-time adapter of every row (or of each row), as the runner sets it."""
+    from dlx.kernels.attention import AttentionMetadata
+    from dlx.models import load_model
+    from dlx.models.lora_layers import serve_adapters
+    model = load_model(model_dir, dtype="float32")
+    serve_adapters(model, lora_path, pre_merge)
+    ids = torch.tensor([3, 17, 42, 5, 9, 11, 60, 2, 8, 81, 33, 7, 19, 4, 90, 6])
+    if rows is not None:
+        model.lora_rows.set(torch.tensor(rows) if isinstance(rows, list) else torch.full((len(ids),), rows))
+    with torch.no_grad():
+        return model.compute_logits(model(ids, torch.arange(len(ids)), AttentionMetadata.single(len(ids), 4)))
+
+
+def tp_lora_worker(rank: int, size: int, model_dir: str, lora_path: str, port: int, rows: list[int],
+                   out: str) -> None:
+    """One tensor-parallel rank (gloo): adapter_logits with run-time adapters, saved by rank 0."""
+    import torch.distributed as dist
+    from dlx.models.parallel import set_tensor_parallel
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    try:
+        set_tensor_parallel(dist.group.WORLD, rank, size)
+        logits = adapter_logits(model_dir, lora_path, rows=rows)
+        if rank == 0:
+            torch.save(logits, out)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)   # as tests/test_model_properties.py's TP worker: skip C++ static destructors at exit

@@ -8,36 +8,20 @@ import torch
 
 from dlx import LLM, SamplingParams
 from dlx.config import Config, ConfigError
-from dlx.kernels.attention import AttentionMetadata
 from dlx.models import load_model
 from dlx.models.lora import read_adapter
 from dlx.models.lora_layers import serve_adapters
 from dlx.params import lora_scale
-from lora_support import rewrite_tensor, write_peft_adapter
+from lora_support import adapter_logits, rewrite_tensor
 
 # fp32 tiny model: the run-time products (x·Aᵀ)·Bᵀ and the merged (W + B·A)·x differ only by rounding, which
 # three layers grow to about 1e-5 of the largest logit (measured 7e-6); the tolerance is 2e-5 of it.
 LOGIT_TOL = 2e-5
 
 
-@pytest.fixture(scope="module")
-def adapters(tiny_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora")
-    peft_model = write_peft_adapter(tiny_dir, str(root / "a"), seed=1)
-    write_peft_adapter(tiny_dir, str(root / "b"), seed=2, rank=2, rslora=True,
-                       targets=("query_key_value", "gate_proj", "down_proj"))
-    write_peft_adapter(tiny_dir, str(root / "zero"), seed=3, zero_b=True)
-    return {"a": str(root / "a"), "b": str(root / "b"), "zero": str(root / "zero"), "peft": peft_model}
-
-
-def logits_with(tiny_dir, lora_path="", pre_merge=False, rows=None):
-    model = load_model(tiny_dir, dtype="float32")
-    serve_adapters(model, lora_path, pre_merge)
-    ids = torch.tensor([3, 17, 42, 5, 9, 11, 60, 2])
-    if rows is not None:
-        model.lora_rows.set(torch.full((len(ids),), rows))
-    with torch.no_grad():
-        return model.compute_logits(model(ids, torch.arange(len(ids)), AttentionMetadata.single(len(ids), 4)))
+@pytest.fixture
+def adapters(lora_adapters):
+    return lora_adapters
 
 
 def test_pre_merge_equals_peft_merge(tiny_dir, adapters):
@@ -57,19 +41,19 @@ def test_pre_merge_equals_peft_merge(tiny_dir, adapters):
 
 
 def test_runtime_equals_merged_and_adapter_changes_output(tiny_dir, adapters):
-    base = logits_with(tiny_dir)
-    merged = logits_with(tiny_dir, adapters["a"], pre_merge=True)
-    runtime = logits_with(tiny_dir, adapters["a"], rows=0)
+    base = adapter_logits(tiny_dir)
+    merged = adapter_logits(tiny_dir, adapters["a"], pre_merge=True)
+    runtime = adapter_logits(tiny_dir, adapters["a"], rows=0)
     torch.testing.assert_close(runtime, merged, rtol=0, atol=LOGIT_TOL * merged.abs().max().item())
     assert (merged - base).abs().max() > 0.1
     assert torch.equal(runtime.argmax(-1), merged.argmax(-1))
-    assert torch.equal(logits_with(tiny_dir, adapters["a"], rows=-1), base)   # rows without an adapter: the base
+    assert torch.equal(adapter_logits(tiny_dir, adapters["a"], rows=-1), base)   # rows without an adapter: the base
 
 
 def test_zero_adapter_changes_nothing(tiny_dir, adapters):
-    base = logits_with(tiny_dir)
-    assert torch.equal(logits_with(tiny_dir, adapters["zero"], rows=0), base)
-    torch.testing.assert_close(logits_with(tiny_dir, adapters["zero"], pre_merge=True), base, rtol=0, atol=0)
+    base = adapter_logits(tiny_dir)
+    assert torch.equal(adapter_logits(tiny_dir, adapters["zero"], rows=0), base)
+    torch.testing.assert_close(adapter_logits(tiny_dir, adapters["zero"], pre_merge=True), base, rtol=0, atol=0)
 
 
 def test_rslora_scale(adapters):
@@ -141,3 +125,17 @@ def test_config_errors(tiny_dir, adapters, tmp_path):
     with pytest.raises(ConfigError, match="targets 'q_proj', which is not a linear layer of LLaDA2"):
         finalize(lora_path=str(unknown))
     assert not finalize(lora_path=adapters["a"]).cuda_graphs
+
+
+@pytest.mark.slow
+def test_tensor_parallel_with_adapters_equals_one_rank(tiny_dir, adapters, tmp_path):
+    """TP 2 on gloo: each rank holds its slice of the layers and of the adapters; a batch mixing both adapters
+    and the base gives the logits of one rank."""
+    import torch.multiprocessing as mp
+    from lora_support import tp_lora_worker
+    from tests_support import free_port
+    spec, rows = f"a={adapters['a']},b={adapters['b']}", [0] * 5 + [-1] * 4 + [1] * 7
+    out = str(tmp_path / "logits.pt")
+    mp.start_processes(tp_lora_worker, args=(2, tiny_dir, spec, free_port(), rows, out), nprocs=2,
+                       start_method="spawn")
+    torch.testing.assert_close(torch.load(out), adapter_logits(tiny_dir, spec, rows=rows), rtol=1e-4, atol=1e-4)
