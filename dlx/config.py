@@ -6,6 +6,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from dlx.params import check_lora_flags
+
 EMBEDDED_MODEL_DIR = os.path.join(os.path.dirname(__file__), "assets", "dlx-tiny")
 # Where `launch.py --no-frontend` describes its shared memory and an attaching gunicorn looks (DLX_RUNTIME).
 DEFAULT_RUNTIME_FILE = "/tmp/dlx-runtime.json"
@@ -106,10 +108,10 @@ class Config:
             raise ConfigError("--admission-wait-ms must be between 0 and 1000")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError("--gpu-memory-utilization must be in (0, 1]")
-        if self.use_lora and not self.lora_path:
-            raise ConfigError("--use-lora needs --lora-path")
-        if self.use_lora:
-            raise ConfigError("LoRA adapters are not supported by dlx yet; merge the adapter into the checkpoint")
+        try:   # --lora-path turns adapters on; --use-lora alone needs it
+            check_lora_flags(self.lora_path, self.use_lora, self.pre_merge_lora, self.model_name)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _choose_device(self, cuda_available: bool) -> None:
         if self.device == "cuda" and not cuda_available:
@@ -181,7 +183,8 @@ class Config:
     def cuda_graphs(self) -> bool:
         """Capture the decode step's CUDA graphs: on a GPU with the Triton kernels, unless turned off."""
         return (self.device == "cuda" and self.attn_impl == "triton_grouped" and self.moe_impl == "triton"
-                and not self.enforce_eager and not self.disable_cuda_graphs)
+                and not self.enforce_eager and not self.disable_cuda_graphs
+                and (self.pre_merge_lora or not self.lora_path))   # run-time LoRA adapters step eagerly
 
     def engine_cpu_list(self) -> list[int]:
         """--engine-cpus as CPU numbers in worker order ("2,3" or "2-3"); empty when not pinning."""
@@ -236,6 +239,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "no_frontend": "start only the engine workers; attach gunicorn frontends separately",
         "frontend_workers": "gunicorn gevent frontend processes (default: one per 4 CPU cores, 2 to 8)",
         "api_key": "require 'Authorization: Bearer KEY' (also DLX_API_KEY)",
+        "lora_path": "PEFT LoRA adapters: one directory (for every request) or name=dir pairs, comma-separated",
         "log_level": "gunicorn's log level (debug, info, warning, error, critical); below warning it also "
                      "logs its start-up, workers and shutdown",
     }

@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field, fields
 
@@ -13,6 +14,9 @@ MAX_STOP_CHARS = 1024        # bounds the per-token cost of holding back possibl
 COUNT_CAP = 2**31 - 1        # larger counts mean "unbounded" anyway; capping keeps ring messages small
 SAMPLING_MODES = ("naive", "edit")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# LoRA: linear layers of LLaDA2 an adapter may target, and what an adapter name (a request's `lora`) may be.
+LINEAR_LEAVES = ("query_key_value", "dense", "gate_proj", "up_proj", "down_proj")
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
 
 class ParamError(ValueError):
@@ -67,6 +71,7 @@ class SamplingParams:
     ignore_eos: bool = False
     sampling_mode: str | None = None  # naive | edit
     threshold: float | None = None    # accept threshold of this request (--accept-threshold when None)
+    lora: str | None = None           # run-time LoRA adapter by name (None: the unnamed adapter, if any, or none)
 
     def __post_init__(self):
         for name in ("max_tokens", "max_nfe", "max_repetition_run"):
@@ -95,6 +100,8 @@ class SamplingParams:
             require(is_number(self.threshold) and 0 <= self.threshold <= 1, "threshold", "a number in [0, 1]",
                     self.threshold)
             self.threshold = float(self.threshold)
+        require(self.lora is None or (is_text(self.lora) and bool(ADAPTER_NAME.match(self.lora))), "lora",
+                "an adapter name", self.lora)
 
     @staticmethod
     def stop_strings(value: object) -> list[str]:
@@ -155,3 +162,63 @@ class Resumption:
     @classmethod
     def from_dict(cls, values: dict) -> "Resumption":
         return cls(**values)
+
+
+def lora_scale(config: dict) -> float:
+    """PEFT's scaling: lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora."""
+    r, alpha = config["r"], config.get("lora_alpha", config["r"])
+    return alpha / r ** 0.5 if config.get("use_rslora") else alpha / r
+
+
+def parse_lora_paths(spec: str) -> list[tuple[str, str]]:
+    """--lora-path: one path (an unnamed adapter, name "") or comma-separated name=path pairs."""
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    if len(items) == 1 and "=" not in items[0]:
+        return [("", items[0])]
+    pairs = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not ADAPTER_NAME.match(name.strip()) or not path.strip():
+            raise ValueError(f"--lora-path takes one path or name=path pairs separated by commas, not '{item}'")
+        pairs.append((name.strip(), path.strip()))
+    names = [n for n, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--lora-path names an adapter twice ({', '.join(names)})")
+    return pairs
+
+
+def read_adapter_config(path: str) -> dict:
+    """adapter_config.json of a PEFT LoRA adapter, checked for what dlx supports; missing files are one error."""
+    for file in ("adapter_config.json", "adapter_model.safetensors"):
+        if not os.path.isfile(os.path.join(path, file)):
+            raise ValueError(f"LoRA adapter {path} has no {file} (expected the PEFT layout: "
+                             "adapter_config.json and adapter_model.safetensors)")
+    with open(os.path.join(path, "adapter_config.json")) as f:
+        config = json.load(f)
+    if config.get("peft_type", "LORA").upper() != "LORA" or "r" not in config:
+        raise ValueError(f"LoRA adapter {path}: adapter_config.json is not a LoRA config (peft_type, r)")
+    for key in ("rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform"):
+        if config.get(key):
+            raise ValueError(f"LoRA adapter {path}: '{key}' in adapter_config.json is not supported")
+    if config.get("bias", "none") != "none" or config.get("use_dora"):
+        raise ValueError(f"LoRA adapter {path}: bias training and DoRA are not supported")
+    targets = config.get("target_modules") or []
+    for target in [targets] if isinstance(targets, str) else targets:
+        leaf = target.rsplit(".", 1)[-1]
+        if isinstance(targets, list) and leaf not in LINEAR_LEAVES:
+            raise ValueError(f"LoRA adapter {path} targets '{target}', which is not a linear layer of LLaDA2 "
+                             f"(its linear layers: {', '.join(LINEAR_LEAVES)})")
+    return config
+
+
+def check_lora_flags(lora_path: str, use_lora: bool, pre_merge: bool, model_name: str | None) -> None:
+    """Start-up checks of --lora-path, --use-lora and --pre-merge-lora; ValueError with one sentence."""
+    if (use_lora or pre_merge) and not lora_path:
+        raise ValueError(f"--{'use-lora' if use_lora else 'pre-merge-lora'} needs --lora-path")
+    adapters = parse_lora_paths(lora_path) if lora_path else []
+    for _, path in adapters:
+        read_adapter_config(path)
+    if pre_merge and len(adapters) != 1:
+        raise ValueError(f"--pre-merge-lora folds one adapter into the weights; --lora-path names {len(adapters)}")
+    if any(name == model_name for name, _ in adapters):
+        raise ValueError(f"an adapter may not be named like the served model '{model_name}'")

@@ -37,3 +37,16 @@ def tiny_model(tiny_dir):
 def tiny_tokenizer(tiny_dir):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def lora_adapters(tiny_dir, tmp_path_factory) -> dict:
+    """Adapters written by peft for the tiny checkpoint: "a" (rank 4, every linear layer), "b" (rank 2, rslora,
+    some layers), "zero" (B = 0); "peft" is a's peft model (its merge is the reference)."""
+    from lora_support import write_peft_adapter
+    root = tmp_path_factory.mktemp("lora")
+    peft_model = write_peft_adapter(tiny_dir, str(root / "a"), seed=1)
+    write_peft_adapter(tiny_dir, str(root / "b"), seed=2, rank=2, rslora=True,
+                       targets=("query_key_value", "gate_proj", "down_proj"))
+    write_peft_adapter(tiny_dir, str(root / "zero"), seed=3, zero_b=True)
+    return {"a": str(root / "a"), "b": str(root / "b"), "zero": str(root / "zero"), "peft": peft_model}

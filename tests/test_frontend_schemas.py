@@ -245,7 +245,7 @@ def test_sampling_params_to_dict_is_plain_independent_and_round_trips():
     payload = options.to_dict()
     assert json.loads(json.dumps(payload)) == payload
     assert set(payload) == {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids",
-                            "max_nfe", "max_repetition_run", "ignore_eos", "sampling_mode", "threshold"}
+                            "max_nfe", "max_repetition_run", "ignore_eos", "sampling_mode", "threshold", "lora"}
     assert SamplingParams.from_dict(payload) == options   # what the engine rebuilds from the ring message
     payload["stop"].append("y")
     assert options.stop == ["x"]

@@ -14,6 +14,7 @@ from dlx.engine.sampler import Sampler
 from dlx.engine.scheduler import Scheduler
 from dlx.engine.strategy import strategy_for
 from dlx.models import load_model
+from dlx.models.lora_layers import serve_adapters
 from dlx.models.tokenizer_build import EOS_TOKEN, MASK_TOKEN, token_id
 from dlx.params import Resumption, SamplingParams
 
@@ -59,6 +60,7 @@ class LLMEngine:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.model = model or load_model(cfg.model, cfg.dtype, cfg.device, cfg.load_format)
+        self.adapters = serve_adapters(self.model, cfg.lora_path, cfg.pre_merge_lora)   # name → row index
         self.mask_id, self.eos_id = special_ids(cfg)
         self.vocab_size = self.model.config.vocab_size
         self.facts: list[str] = []    # start-up facts the launcher prints (graphs captured, their memory)
@@ -137,8 +139,12 @@ class LLMEngine:
                              "leaves no room to generate")
         if min(prompt) < 0 or max(prompt) >= self.vocab_size:
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
+        adapter = self.adapters.get(params.lora if params.lora is not None else "", -1)
+        if params.lora is not None and params.lora not in self.adapters:
+            raise ValueError(f"unknown LoRA adapter '{params.lora}' (served: {', '.join(self.adapters) or 'none'})")
         req = Request(prompt, params, self.cfg.block_size, self.cfg.max_model_len, self.mask_id, self.eos_id,
                       self.cfg.denoising_steps, rid, resumption)
+        req.adapter = adapter
         self.scheduler.add(req)
         return req
 

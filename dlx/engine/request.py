@@ -27,6 +27,7 @@ class Request:
         request's own output; max_tokens is already less those tokens."""
         self.rid = rid if rid is not None else f"req-{next(_ids)}"
         self.params, self.mask_id, self.eos_id, self.B = params, mask_id, eos_id, block_size
+        self.adapter = -1   # run-time LoRA adapter of every row (-1: none); the engine sets it from params.lora
         self.resumption = resumption
         self.prompt_len, self.resumed = len(prompt), resumption.generated if resumption else 0
         self.max_tokens = min(params.max_tokens, max_model_len - len(prompt))

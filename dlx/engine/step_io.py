@@ -1,6 +1,6 @@
 """What goes into and comes out of one forward: the batch flattened into rows, slots and page tables, staged in
 pinned memory and sent in one copy (plus one for the page tables), padded to a graph's bucket; the logit rows out."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ class StepInputs:
     context_lens: list[int]        # cached tokens each request's rows attend to through its pages
     tables: list[list[int]]        # each request's pages
     logit_rows: list[int]          # rows whose logits the sampler needs
+    adapters: list[int] = field(default_factory=list)   # run-time LoRA adapter of each row (-1: none)
 
     @property
     def num_rows(self) -> int:
@@ -46,6 +47,7 @@ def gather_inputs(batch: list[Request], plans: dict[str, StepPlan], wanted: list
         inputs.context_lens.append(plan.start)
         inputs.tables.append(pages)
         inputs.logit_rows += [offset + p - plan.start for p in positions]
+        inputs.adapters += [req.adapter] * (plan.end - plan.start)
         offset += plan.end - plan.start
     return inputs
 

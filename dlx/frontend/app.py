@@ -83,8 +83,9 @@ def create_app(runtime: dict | None = None) -> Flask:
 
     @app.get("/v1/models")
     def models():
-        return {"object": "list", "data": [{"id": server.model_name, "object": "model",
-                                            "created": server.started, "owned_by": "dlx"}]}
+        base = {"id": server.model_name, "object": "model", "created": server.started, "owned_by": "dlx"}
+        adapters = [dict(base, id=name, parent=server.model_name) for name in server.adapters]   # LoRA, by name
+        return {"object": "list", "data": [base] + adapters}
 
     @app.get("/")
     def playground():

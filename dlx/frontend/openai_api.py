@@ -34,12 +34,12 @@ def respond(server, req, chat: bool, sse):
     else:
         choice = {"index": 0, "text": decoding.text, "finish_reason": reason, "logprobs": None}
     return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
-            "model": server.model_name, "choices": [choice], "usage": decoding.usage(),
+            "model": req.sampling.lora or server.model_name, "choices": [choice], "usage": decoding.usage(),
             "nfe": decoding.nfe, "timing": decoding.timing}
 
 
 def stream(server, req, handle, decoding, rid: str, created: int, chat: bool):
-    model = server.model_name
+    model = req.sampling.lora or server.model_name   # the adapter a request chose is the model that answered
 
     def chunk(text: str, reason: str | None, snapshot: dict | None, first: bool = False) -> bytes:
         if chat:

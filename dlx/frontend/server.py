@@ -13,6 +13,7 @@ from dlx.frontend.schemas import RequestError, check_prompt_length
 from dlx.frontend.sse import SSE_DONE
 from dlx.frontend.tokenizer import FrontendTokenizer
 from dlx.ipc import messages
+from dlx.params import parse_lora_paths
 
 POLL_S = 0.5
 
@@ -45,6 +46,16 @@ class Server:
         self.max_model_len, self.model_name = self.config["max_model_len"], self.config["model_name"]
         self.client = EngineClient(runtime)
         self.started = int(time.time())
+        lora = self.config.get("lora_path") if not self.config.get("pre_merge_lora") else ""
+        self.adapters = [name for name, _ in parse_lora_paths(lora) if name] if lora else []   # requests' choice
+
+    def choose_adapter(self, req) -> None:
+        """The request's run-time LoRA adapter: its `lora`, or an OpenAI `model` naming one; unknown `lora`: 400."""
+        if req.sampling.lora is None and req.model in self.adapters:
+            req.sampling.lora = req.model
+        if req.sampling.lora is not None and req.sampling.lora not in self.adapters:
+            raise RequestError(f"unknown LoRA adapter '{req.sampling.lora}' (served adapters: "
+                               f"{', '.join(self.adapters) or 'none'})", "lora")
 
     def pieces(self, token_ids: list[int]) -> list[str | None]:
         """Each token's own text, None for masks (the playground draws one cell per token)."""
@@ -71,6 +82,7 @@ class Server:
 
     def start(self, req) -> tuple:
         """Submit to the engine and wait for it to accept; returns (handle, decoding, prompt text)."""
+        self.choose_adapter(req)
         ids, text = self.prompt_ids(req)
         handle = self.client.submit(ids, req.sampling)
         if text is None:

@@ -56,13 +56,15 @@ class ReplicatedLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.weight.weight_loader = copy_full
+        self.lora = None   # run-time LoRA adapters (dlx.models.lora_layers.LoRAWeights), added to the output
         self.bias = None
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features))
             self.bias.weight_loader = copy_full
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        y = F.linear(x, self.weight, self.bias)
+        return y if self.lora is None else self.lora.add(x, y)
 
 
 class ColumnParallelLinear(ReplicatedLinear):
@@ -124,8 +126,13 @@ class RowParallelLinear(ReplicatedLinear):
         size = param.shape[1]
         param.data.copy_(loaded.narrow(1, tp_rank() * size, size))
 
+    def partial(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's partial sum (adapters included: B·(A_local·x_local) sums over ranks to B·A·x)."""
+        y = F.linear(x, self.weight)
+        return y if self.lora is None else self.lora.add(x, y)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = all_reduce(F.linear(x, self.weight))
+        y = all_reduce(self.partial(x))
         return y if self.bias is None else y + self.bias
 
 
@@ -143,4 +150,4 @@ class SwiGLU(nn.Module):
         h = F.silu(gate) * up
         if self.reduce:
             return self.down_proj(h)
-        return F.linear(h, self.down_proj.weight)  # caller sums partials with other terms first
+        return self.down_proj.partial(h)  # caller sums partials with other terms first

@@ -61,6 +61,7 @@ class SparseMoE(nn.Module):
         self.w2.weight_loader = self.load_w2
         self.shared_experts = SwiGLU(hidden, moe_intermediate * num_shared, reduce=False) if num_shared else None
         self.impl = "naive"  # or "triton" (fused_moe); the runner sets it, and the router's own impl beside it
+        self.lora = None     # run-time LoRA: (w13's, w2's) LoRAWeights; rows using one take the PyTorch path
 
     def load_w13(self, param: torch.Tensor, loaded: torch.Tensor, expert: int | None, part: int) -> None:
         """part 0 = gate rows, 1 = up rows; expert None = all experts stacked in `loaded`."""
@@ -76,7 +77,10 @@ class SparseMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         topk_ids, topk_weights = self.gate(x)
-        if self.impl == "naive":
+        if self.lora is not None and self.lora[0].rows.groups:   # some row of this forward uses an adapter
+            y = moe_reference(x, self.w13, self.w2, topk_ids, topk_weights,
+                              delta=lambda part, e, tokens, h: self.lora[part].expert_delta(e, tokens, h))
+        elif self.impl == "naive":
             y = moe_reference(x, self.w13, self.w2, topk_ids, topk_weights)
         elif self.impl == "triton":
             from dlx.kernels.moe_triton import fused_moe  # first use only: CPU installs need no Triton
