@@ -1,5 +1,5 @@
 """Where a split-KV attention call spends its GPU time: the split kernel and the combine kernel, timed apart
-by the profiler at the kernel benchmark's shapes (bench/kernels.py), for the cases below target."""
+by the profiler at the kernel benchmark's shapes (bench/kernel_bench.py), for the cases below target."""
 import argparse
 import sys
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels import attention_batch, busy_ms, copy_bandwidth, per_kernel_ms, profiled_calls  # noqa: E402
+from kernel_bench import attention_batch, busy_ms, copy_bandwidth, per_kernel_ms, profiled_calls  # noqa: E402
 
 from dlx.kernels import attention_plan, attention_triton  # noqa: E402
 
@@ -17,7 +17,7 @@ def main() -> None:
     parser.add_argument("--cases", default="1x4096,1x8192,8x4096,8x8192,64x4096,64x8192",
                         help="requests x context pairs")
     parser.add_argument("--contiguous-pages", action="store_true",
-                        help="each request's pages in order (default: shuffled, as in bench/kernels.py)")
+                        help="each request's pages in order (default: shuffled, as in bench/kernel_bench.py)")
     parser.add_argument("--new-tokens", type=int, default=32,
                         help="in-flight tokens per request (fewer: smaller query tiles, less MMA work per key tile)")
     options = parser.parse_args()

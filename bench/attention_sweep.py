@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels import attention_batch, copy_bandwidth, kernel_breakdown, kernel_ms, time_ms  # noqa: E402
+from kernel_bench import attention_batch, copy_bandwidth, kernel_breakdown, kernel_ms, time_ms  # noqa: E402
 
 from dlx.kernels import attention_triton  # noqa: E402
 

@@ -21,7 +21,7 @@ from dlx.models.dummy import BALANCE_METHOD, chosen_experts  # noqa: E402
 from dlx.models.moe import SparseMoE  # noqa: E402
 from dlx.models.shapes import write_shape_dir  # noqa: E402
 from dlx.params import SamplingParams  # noqa: E402
-from kernels import busy_ms  # noqa: E402
+from kernel_bench import busy_ms  # noqa: E402
 from read_ceiling import read_ceiling_ms  # noqa: E402
 
 BLOCK = 32

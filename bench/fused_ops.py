@@ -1,5 +1,5 @@
 """Fused-op benchmarks at LLaDA2.0-mini shapes: residual add + RMSNorm, qk norm + partial rotary, greedy argmax_prob;
-PyTorch (today's ops) vs Triton, bandwidth against device copy. A section of bench/kernels.py, or run standalone."""
+PyTorch (today's ops) vs Triton, bandwidth against device copy. A section of bench/kernel_bench.py, or run standalone."""
 import functools
 import importlib.util
 import sys
@@ -76,7 +76,7 @@ CASES = {"add+rmsnorm": norm_case, "qk norm+rotary": qk_case,
 
 def fused_ops_section(copy_bytes_per_s: float, time_ms) -> None:
     """One table: each op at each token count, PyTorch vs Triton (time_ms(fn, iters, graph): median ms under
-    CUDA graphs, L2 flushed, from bench/kernels.py); bandwidth = the op's essential bytes / time."""
+    CUDA graphs, L2 flushed, from bench/kernel_bench.py); bandwidth = the op's essential bytes / time."""
     print(f"\n## fused ops on {torch.cuda.get_device_name()} (LLaDA2.0-mini: hidden {HIDDEN}, {HEADS} q / "
           f"{KV_HEADS} kv heads, head dim {HEAD_DIM}, rotary {ROTARY_DIM}, vocab {VOCAB}; bf16, argmax on fp32 logits)")
     print("bandwidth = essential bytes (inputs read once, outputs written once) / time; % is of the copy bandwidth")
@@ -99,8 +99,8 @@ def fused_ops_section(copy_bytes_per_s: float, time_ms) -> None:
 def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("bench/fused_ops.py needs a CUDA GPU")
-    # bench/ is not a package: load the shared timing helpers from bench/kernels.py by path.
-    spec = importlib.util.spec_from_file_location("dlx_bench_kernels", Path(__file__).with_name("kernels.py"))
+    # bench/ is not a package: load the shared timing helpers from bench/kernel_bench.py by path.
+    spec = importlib.util.spec_from_file_location("dlx_bench_kernels", Path(__file__).with_name("kernel_bench.py"))
     kernels = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kernels)
     import triton

@@ -26,7 +26,7 @@ for part in $parts; do
       timeout 560 python3 bench/forward.py --batches 1,8,32,64 --contexts 512,2048,8192 --naive-contexts 512 2>&1 \
         | tee "$OUT/forward.md" ;;
     kernels)
-      timeout 150 python3 bench/kernels.py 2>&1 | tee "$OUT/kernels.md"
+      timeout 150 python3 bench/kernel_bench.py 2>&1 | tee "$OUT/kernels.md"
       timeout 60 python3 bench/attention_breakdown.py 2>&1 | tee "$OUT/breakdown.md"
       timeout 60 python3 bench/attention_breakdown.py --contiguous-pages 2>&1 | tee "$OUT/breakdown_contiguous.md"
       timeout 60 python3 bench/attention_breakdown.py --new-tokens 4 2>&1 | tee "$OUT/breakdown_4_new_tokens.md"

@@ -1,5 +1,5 @@
 """Fused MoE benchmark at one LLaDA2.0-mini layer under balanced routing: the Triton path against a per-expert
-Python loop and the bytes-touched roofline, plus the router. A section of bench/kernels.py."""
+Python loop and the bytes-touched roofline, plus the router. A section of bench/kernel_bench.py."""
 import sys
 from pathlib import Path
 
@@ -17,7 +17,7 @@ MOE_HIDDEN, MOE_INTER, EXPERTS, TOP_K, N_GROUP, TOPK_GROUP, ROUTED_SCALE = 2048,
 
 
 def moe_section(copy_bytes_per_s: float, time_ms) -> None:
-    """Prints the MoE table; time_ms is bench/kernels.py's timer (events around a graph replay, L2 flushed)."""
+    """Prints the MoE table; time_ms is bench/kernel_bench.py's timer (events around a graph replay, L2 flushed)."""
     print(f"\n## fused MoE (LLaDA2.0-mini layer: bf16, hidden {MOE_HIDDEN}, expert width {MOE_INTER}, {EXPERTS} "
           f"experts, top-{TOP_K}; BALANCED routing: each token's {TOP_K} experts drawn uniformly without "
           "replacement, seeded; weights cold in L2)")

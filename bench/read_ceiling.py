@@ -22,7 +22,7 @@ def _read_call(words: torch.Tensor, num_bytes: int, tile_bytes: int):
 
 
 def read_ceiling_ms(num_bytes: int, *timers) -> list[float]:
-    """The fastest time, by each of `timers` (functions of a callable: bench/kernels.py's time_ms, kernel_ms),
+    """The fastest time, by each of `timers` (functions of a callable: bench/kernel_bench.py's time_ms, kernel_ms),
     of reading num_bytes over TILE_BYTES' tile sizes. One zeroed buffer, whole tiles of the largest, serves all."""
     largest = max(TILE_BYTES)
     words = torch.zeros(triton.cdiv(num_bytes, largest) * largest // 4, dtype=torch.int32, device="cuda")

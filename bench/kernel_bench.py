@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", choices=sorted(SECTIONS), default=list(SECTIONS))
     options = parser.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("bench/kernels.py needs a CUDA GPU")
+        sys.exit("bench/kernel_bench.py needs a CUDA GPU")
     import triton
     print(f"# dlx kernel benchmark on {torch.cuda.get_device_name()} "
           f"({torch.cuda.get_device_properties(0).multi_processor_count} SMs), "
