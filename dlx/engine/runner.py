@@ -53,9 +53,8 @@ class ModelRunner:
         dev = buffers.load(inputs)
         meta = AttentionMetadata(dev.cu_seqlens, dev.context_lens, dev.page_tables, dev.slots, self.block_size,
                                  inputs.query_lens, inputs.context_lens)
-        lora_rows = getattr(self.model, "lora_rows", None)   # run-time LoRA adapters (graphs are off with them)
-        if lora_rows is not None:
-            lora_rows.set(torch.tensor(inputs.adapters, dtype=torch.long, device=self.device))
+        if self.model.lora_rows is not None:   # run-time LoRA adapters (graphs are off with them)
+            self.model.lora_rows.set(torch.tensor(inputs.adapters, dtype=torch.long, device=self.device))
         hidden = self.model(dev.ids, dev.positions, meta)
         logits = self.model.compute_logits(hidden.index_select(0, dev.logit_rows))
         return LogitRows(logits, *argmax_prob(logits, self.mask_id, self.sampling_impl))

@@ -24,8 +24,10 @@ class KVLayout:
 
 
 class ServedModel(Protocol):
-    """What the runner needs of a model. `config` has vocab_size and hidden_size."""
+    """What the runner needs of a model. `config` has vocab_size and hidden_size; `lora_rows` is None unless
+    run-time LoRA adapters are attached, and then takes each step's adapter index per row (`set(tensor)`)."""
     config: Any
+    lora_rows: Any
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any) -> torch.Tensor:
         """Final hidden states [rows, hidden] of one ragged batch (meta: dlx.kernels.attention.AttentionMetadata)."""

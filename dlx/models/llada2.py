@@ -155,6 +155,7 @@ class LLaDA2Model(nn.Module):
     def __init__(self, cfg: LLaDA2Config):
         super().__init__()
         self.config = cfg
+        self.lora_rows = None   # run-time LoRA adapters attach a per-row selector here (dlx/models/lora_layers.py)
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.word_embeddings.weight.weight_loader = copy_full
         rotary = RotaryEmbedding(cfg.rotary_dim, cfg.rope_theta, cfg.max_position_embeddings)

@@ -118,3 +118,26 @@ class LLaDA2WeightMap:
         param = self.params[target]
         getattr(param, "weight_loader")(param, tensor, *shard)
         return [name if name.startswith(("model.", "lm_head")) else "model." + name]
+
+
+def checkpoint_shapes(cfg: LLaDA2Config) -> dict[str, tuple]:
+    """Shape of every canonical tensor name of this config (per-expert spelling)."""
+    h, d = cfg.hidden_size, cfg.head_dim
+    shapes = {}
+    for name in expected_names(cfg):
+        leaf = name.rsplit(".", 2)[-2] if name.endswith(".weight") or name.endswith(".bias") else name
+        shared_width = (cfg.moe_intermediate_size or 0) * cfg.num_shared_experts
+        width = shared_width if ".shared_experts." in name else (
+            cfg.moe_intermediate_size if ".experts." in name else cfg.intermediate_size)
+        shapes[name] = {
+            "word_embeddings": (cfg.vocab_size, h), "lm_head": (cfg.vocab_size, h),
+            "query_key_value": ((cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * d, h),
+            "dense": (h, cfg.num_attention_heads * d), "query_layernorm": (d,), "key_layernorm": (d,),
+            "gate": (cfg.num_experts or 0, h), "gate_proj": (width, h), "up_proj": (width, h),
+            "down_proj": (h, width),
+        }.get(leaf, (h,))
+        if name.endswith("expert_bias"):
+            shapes[name] = (cfg.num_experts,)
+        elif name.endswith(".bias"):
+            shapes[name] = shapes[name][:1]
+    return shapes

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from dlx.models.llada2 import LLaDA2Config
-from dlx.models.llada2_weights import expected_names
+from dlx.models.llada2_weights import checkpoint_shapes
 from dlx.models.tokenizer_build import EOS_TOKEN, build_tokenizer, token_id
 
 WORDS = ("the a one two three four five six seven eight nine ten plus minus equals answer is solve what "
@@ -81,29 +81,6 @@ def write_tiny_llada2(out_dir: str, seed: int = 0, shards: int = 1, dtype: str =
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
         json.dump({"eos_token_id": raw["eos_token_id"], "pad_token_id": raw["pad_token_id"]}, f, indent=2)
     return out_dir
-
-
-def checkpoint_shapes(cfg: LLaDA2Config) -> dict[str, tuple]:
-    """Shape of every canonical tensor name of this config (per-expert spelling)."""
-    h, d = cfg.hidden_size, cfg.head_dim
-    shapes = {}
-    for name in expected_names(cfg):
-        leaf = name.rsplit(".", 2)[-2] if name.endswith(".weight") or name.endswith(".bias") else name
-        shared_width = (cfg.moe_intermediate_size or 0) * cfg.num_shared_experts
-        width = shared_width if ".shared_experts." in name else (
-            cfg.moe_intermediate_size if ".experts." in name else cfg.intermediate_size)
-        shapes[name] = {
-            "word_embeddings": (cfg.vocab_size, h), "lm_head": (cfg.vocab_size, h),
-            "query_key_value": ((cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * d, h),
-            "dense": (h, cfg.num_attention_heads * d), "query_layernorm": (d,), "key_layernorm": (d,),
-            "gate": (cfg.num_experts or 0, h), "gate_proj": (width, h), "up_proj": (width, h),
-            "down_proj": (h, width),
-        }.get(leaf, (h,))
-        if name.endswith("expert_bias"):
-            shapes[name] = (cfg.num_experts,)
-        elif name.endswith(".bias"):
-            shapes[name] = shapes[name][:1]
-    return shapes
 
 
 def save_shards(out_dir: str, tensors: dict[str, torch.Tensor], shards: int) -> None:
