@@ -21,7 +21,7 @@ from dlx.models.dummy import BALANCE_METHOD, chosen_experts  # noqa: E402
 from dlx.models.moe import SparseMoE  # noqa: E402
 from dlx.models.shapes import write_shape_dir  # noqa: E402
 from dlx.params import SamplingParams  # noqa: E402
-from kernel_bench import busy_ms  # noqa: E402
+from kernel_bench import busy_ms, event_times  # noqa: E402
 from read_ceiling import read_ceiling_ms  # noqa: E402
 
 BLOCK = 32
@@ -34,15 +34,7 @@ def sync() -> None:
 
 def events_ms(fn, iters: int = 5) -> float:
     """Fastest of iters runs of fn, CUDA events around each."""
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return min(times)
+    return min(event_times(fn, iters))
 
 
 def read_bandwidth() -> float:

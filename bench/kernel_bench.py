@@ -38,16 +38,21 @@ def time_ms(fn, iters: int = 20, graph: bool = True, dirty_l2: bool = False) -> 
         with torch.cuda.graph(cuda_graph):
             fn()
         run = cuda_graph.replay
+    return statistics.median(event_times(run, iters, before=flush))
+
+
+def event_times(run, iters: int, before=lambda: None) -> list[float]:
+    """Milliseconds of each of iters runs, CUDA events around each; `before` runs untimed ahead of each."""
     times = []
     for _ in range(iters):
-        flush()
+        before()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         run()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return times
 
 
 def profiled_calls(fn, iters: int = 20, dirty_l2: bool = False) -> list[list[tuple[str, float, float]]]:

@@ -1,7 +1,7 @@
 """CUDA graphs of the decode step: the model body captured per (requests, rows) bucket and the logits head (lm_head
 on the wanted rows + the greedy argmax/probability) per logit-row bucket, all reading StepBuffers' device views."""
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +24,7 @@ def logit_buckets(limit: int) -> list[int]:
     return sorted({1 << k for k in range(9) if 1 << k < limit} | set(range(512, limit, 256)) | {limit})
 
 
-def smallest_at_least(sizes: list[int], value: int) -> int | None:
+def smallest_at_least(sizes: Sequence[int], value: int) -> int | None:
     return next((s for s in sizes if s >= value), None)
 
 
@@ -51,20 +51,20 @@ class GraphPlan:
     def body_key(self, inputs: StepInputs) -> tuple[int, int] | None:
         if not inputs.query_lens or max(inputs.query_lens) > self.max_query_len:
             return None
-        requests = smallest_at_least(list(self.requests), len(inputs.query_lens))
-        rows = smallest_at_least(list(self.rows), inputs.num_rows)
+        requests = smallest_at_least(self.requests, len(inputs.query_lens))
+        rows = smallest_at_least(self.rows, inputs.num_rows)
         return None if requests is None or rows is None else (requests, rows)
 
     def head_key(self, inputs: StepInputs) -> int | None:
-        return smallest_at_least(list(self.logit_rows), max(1, len(inputs.logit_rows)))
+        return smallest_at_least(self.logit_rows, max(1, len(inputs.logit_rows)))
 
     def body_keys(self) -> list[tuple[int, int]]:
         """Every (requests, rows) bucket a step can land in: R_b requests need between (the previous bucket + 1)
         blocks and R_b × max_query_len rows."""
         keys, previous = [], 0
         for requests in self.requests:
-            low = smallest_at_least(list(self.rows), (previous + 1) * self.block_size)
-            high = smallest_at_least(list(self.rows), requests * self.max_query_len) or (self.rows or (0,))[-1]
+            low = smallest_at_least(self.rows, (previous + 1) * self.block_size)
+            high = smallest_at_least(self.rows, requests * self.max_query_len) or (self.rows or (0,))[-1]
             keys += [(requests, rows) for rows in self.rows if low is not None and low <= rows <= high]
             previous = requests
         return keys

@@ -1,19 +1,15 @@
 """DiffusionGemma's weight map: each transformers state-dict name → the dlx parameter (and fused section) it fills,
 and the loader that reads a checkpoint through it; a missing, unexpected or mis-shaped tensor is one clear error."""
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
-from safetensors import safe_open
 
 from dlx.models.diffusion_gemma import DiffusionGemmaConfig, DiffusionGemmaModel
 from dlx.models.diffusion_gemma_layers import NORMS
-from dlx.models.interface import check_shape
+from dlx.models.interface import Family, check_shape
 from dlx.models.layers import copy_full
-from dlx.models.loader import checkpoint_files, read_config, resolve_dtype
+from dlx.models.loader import load_family, read_config
 
 logger = logging.getLogger(__name__)
 
@@ -96,54 +92,37 @@ class WeightMap:
             return DECODER + name[len(ENCODER):]
         return name
 
-    def load(self, name: str, tensor: torch.Tensor) -> None:
+    def load(self, name: str, tensor: torch.Tensor) -> list[str]:
         if name.startswith(VISION):
             self.skipped_vision += 1
-            return
+            return []
         if name == TIED_HEAD:
-            return
+            return []
         key = self.canonical(name)
         if key not in self.layout:
             raise ValueError(f"unexpected tensor '{name}' in the checkpoint (no such DiffusionGemma parameter)")
         if key != name and key in self.filled:
-            return  # both spellings of a tied weight: the decoder's wins, as in transformers' tying
+            return []  # both spellings of a tied weight: the decoder's wins, as in transformers' tying
         slot = self.layout[key]
         check_shape(name, tensor, slot.shape)
         param = self.params[slot.param]
         getattr(param, "weight_loader", copy_full)(param, tensor, *slot.shard)
         self.filled.add(key)
+        return [key]
 
-    def finish(self, where: str) -> None:
-        missing = [name for name in self.layout if name not in self.filled]
-        if missing:
-            raise ValueError(f"tensor '{missing[0]}' is missing from the checkpoint in {where}"
-                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    def expected(self) -> list[str]:
+        return list(self.layout)
+
+    def finish(self, covered: set[str]) -> None:
         if self.skipped_vision:
             logger.info("skipped %d vision-tower tensors: dlx serves DiffusionGemma as text only", self.skipped_vision)
 
 
-@contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Parameters are made in `dtype` inside, so no fp32 copy of a large model is ever allocated."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
+FAMILY = Family(DiffusionGemmaConfig.from_hf, DiffusionGemmaModel, WeightMap, lambda cfg: cfg.torch_dtype)
 
 
 def load_diffusion_gemma(model_dir: str, dtype: str = "auto", device: str | torch.device = "cpu"
                          ) -> DiffusionGemmaModel:
-    """Build the model from config.json and fill it from the safetensors files (single or sharded)."""
-    cfg = DiffusionGemmaConfig.from_hf(read_config(model_dir))
-    files = checkpoint_files(model_dir)
-    with default_dtype(resolve_dtype(dtype, cfg.torch_dtype)), torch.device(device):
-        model = DiffusionGemmaModel(cfg)
-    weights = WeightMap(model)
-    for path in files:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            for name in f.keys():
-                weights.load(name, f.get_tensor(name))
-    weights.finish(os.path.abspath(model_dir))
-    return model.eval()
+    """Build the model from config.json and fill it from the safetensors files (single or sharded); not in the
+    loader's family table until the engine serves it."""
+    return load_family(model_dir, FAMILY, read_config(model_dir), dtype, device)

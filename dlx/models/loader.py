@@ -64,7 +64,13 @@ def load_model(model_dir: str, dtype: str = "auto", device: str | torch.device =
     if family not in FAMILIES:
         raise ValueError(f"model_type '{family}' in {model_dir}/config.json is not supported "
                          f"(supported: {', '.join(FAMILIES)})")
-    family = FAMILIES[family]
+    return load_family(model_dir, FAMILIES[family], raw, dtype, device, load_format)
+
+
+def load_family(model_dir: str, family: Family, raw: dict, dtype: str = "auto", device: str | torch.device = "cpu",
+                load_format: str = "auto") -> torch.nn.Module:
+    """Build `family`'s model from its config.json dict `raw` in `dtype` on `device` and fill it through the
+    family's weight map (or with dummy weights)."""
     cfg = family.config_from_hf(raw)
     files = [] if load_format == "dummy" else checkpoint_files(model_dir)
     previous = torch.get_default_dtype()
