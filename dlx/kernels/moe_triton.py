@@ -4,6 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
+from dlx.kernels.moe_lora import MoELoRA, _lora_down_project, _lora_up_project, _row_adapters, lora_args
+
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
@@ -46,11 +48,14 @@ def _block_pairs(block, order_ptr, bounds_ptr, block_ends_ptr, block_experts_ptr
 @triton.jit
 def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, order_ptr, bounds_ptr, block_ends_ptr, block_experts_ptr,
                     num_blocks_ptr, stride_x, stride_w_expert, stride_w_row, stride_h,
-                    HIDDEN: tl.constexpr, INTER: tl.constexpr, TOP_K: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                    DOT_PRECISION: tl.constexpr):
+                    token_adapter_ptr, a_ptr, b_ptr, stride_an, stride_ae, stride_ar, stride_bn, stride_be,
+                    stride_brow, HIDDEN: tl.constexpr, INTER: tl.constexpr, TOP_K: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr, NUM_ADAPTERS: tl.constexpr, RANK: tl.constexpr,
+                    RANK_PAD: tl.constexpr):
     """Program (block, column tile): h[block rows, cols] = silu(x @ gate[cols]^T) * (x @ up[cols]^T), gate and
-    up accumulated side by side for the same columns so SwiGLU is applied before anything is stored."""
+    up accumulated side by side for the same columns so SwiGLU is applied before anything is stored. With
+    adapters (NUM_ADAPTERS > 0) each row's LoRA product of w13 joins gate and up before SwiGLU."""
     n_tiles = tl.cdiv(INTER, BLOCK_N)
     # Column tiles vary fastest: a block's tiles share its x rows, and the blocks of one expert run together
     # so a weight tile fetched for one is still in L2 for the next.
@@ -67,6 +72,10 @@ def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, order_ptr, bounds_ptr, block_ends_ptr
     up_offset = INTER * stride_w_row
     gate_acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     up_acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    if NUM_ADAPTERS > 0:
+        adapter = _row_adapters(token_adapter_ptr, pair, row_ok, TOP_K)
+        # Recomputed by every column tile of the block: a is R rows per expert and stays in L2.
+        xa = tl.zeros([BLOCK_M, RANK_PAD], tl.float32)
     for k in range(0, HIDDEN, BLOCK_K):
         k_ok = (offs_k < HIDDEN - k) | (HIDDEN % BLOCK_K == 0)
         rows = tl.load(x_ptrs, mask=k_ok[None, :], other=0.0).to(DOT_DTYPE)
@@ -75,8 +84,17 @@ def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, order_ptr, bounds_ptr, block_ends_ptr
         up = tl.load(gate_ptrs + up_offset, mask=w_ok, other=0.0).to(DOT_DTYPE)
         gate_acc = tl.dot(rows, gate, gate_acc, input_precision=DOT_PRECISION)
         up_acc = tl.dot(rows, up, up_acc, input_precision=DOT_PRECISION)
+        if NUM_ADAPTERS > 0:
+            xa = _lora_down_project(xa, rows, adapter, a_ptr, expert, k, stride_an, stride_ae, stride_ar, HIDDEN,
+                                    BLOCK_K, NUM_ADAPTERS, RANK, RANK_PAD, DOT_DTYPE, DOT_PRECISION)
         x_ptrs += BLOCK_K
         gate_ptrs += BLOCK_K
+    if NUM_ADAPTERS > 0:
+        # b13's gate rows then its up rows, as in w13.
+        gate_acc = _lora_up_project(gate_acc, xa, adapter, b_ptr, expert, cols, col_ok, stride_bn, stride_be,
+                                    stride_brow, NUM_ADAPTERS, RANK, RANK_PAD, DOT_DTYPE, DOT_PRECISION)
+        up_acc = _lora_up_project(up_acc, xa, adapter, b_ptr, expert, INTER + cols, col_ok, stride_bn, stride_be,
+                                  stride_brow, NUM_ADAPTERS, RANK, RANK_PAD, DOT_DTYPE, DOT_PRECISION)
     h = gate_acc * tl.sigmoid(gate_acc) * up_acc
     h_rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
     tl.store(h_ptr + h_rows[:, None] * stride_h + cols[None, :], h.to(h_ptr.dtype.element_ty),
@@ -86,10 +104,13 @@ def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, order_ptr, bounds_ptr, block_ends_ptr
 @triton.jit
 def _down_kernel(h_ptr, w2_ptr, slots_ptr, weights_ptr, order_ptr, bounds_ptr, block_ends_ptr, block_experts_ptr,
                  num_blocks_ptr, stride_h, stride_w_expert, stride_w_row, stride_slots,
-                 HIDDEN: tl.constexpr, INTER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 token_adapter_ptr, a_ptr, b_ptr, stride_an, stride_ae, stride_ar, stride_bn, stride_be, stride_brow,
+                 HIDDEN: tl.constexpr, INTER: tl.constexpr, TOP_K: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 NUM_ADAPTERS: tl.constexpr, RANK: tl.constexpr, RANK_PAD: tl.constexpr):
     """Program (block, column tile): slots[pair, cols] = routing weight(pair) * (h[block rows] @ w2[cols]^T),
-    each (token, slot) pair's row written exactly once (no atomics)."""
+    each (token, slot) pair's row written exactly once (no atomics). With adapters, each row's LoRA product of w2
+    is added before the routing weight."""
     n_tiles = tl.cdiv(HIDDEN, BLOCK_N)
     block, n_tile = tl.program_id(0) // n_tiles, tl.program_id(0) % n_tiles
     if block >= tl.load(num_blocks_ptr):
@@ -102,14 +123,23 @@ def _down_kernel(h_ptr, w2_ptr, slots_ptr, weights_ptr, order_ptr, bounds_ptr, b
     h_ptrs = h_ptr + h_rows[:, None] * stride_h + offs_k[None, :]
     w_ptrs = w2_ptr + expert * stride_w_expert + cols[None, :] * stride_w_row + offs_k[:, None]
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    if NUM_ADAPTERS > 0:
+        adapter = _row_adapters(token_adapter_ptr, pair, row_ok, TOP_K)
+        xa = tl.zeros([BLOCK_M, RANK_PAD], tl.float32)
     for k in range(0, INTER, BLOCK_K):
         k_ok = (offs_k < INTER - k) | (INTER % BLOCK_K == 0)
         # Padding rows of h were never written: masked, so no stale NaN or Inf enters the MMA.
         rows = tl.load(h_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(DOT_DTYPE)
         w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0).to(DOT_DTYPE)
         acc = tl.dot(rows, w, acc, input_precision=DOT_PRECISION)
+        if NUM_ADAPTERS > 0:
+            xa = _lora_down_project(xa, rows, adapter, a_ptr, expert, k, stride_an, stride_ae, stride_ar, INTER,
+                                    BLOCK_K, NUM_ADAPTERS, RANK, RANK_PAD, DOT_DTYPE, DOT_PRECISION)
         h_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
+    if NUM_ADAPTERS > 0:
+        acc = _lora_up_project(acc, xa, adapter, b_ptr, expert, cols, col_ok, stride_bn, stride_be, stride_brow,
+                               NUM_ADAPTERS, RANK, RANK_PAD, DOT_DTYPE, DOT_PRECISION)
     weight = tl.load(weights_ptr + pair, mask=row_ok, other=0.0).to(tl.float32)
     tl.store(slots_ptr + pair[:, None] * stride_slots + cols[None, :],
              (acc * weight[:, None]).to(slots_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
@@ -147,9 +177,10 @@ def choose_tiles(num_pairs: int, num_experts: int, hidden: int, inter: int, dtyp
 
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,
-              topk_weights: torch.Tensor) -> torch.Tensor:
+              topk_weights: torch.Tensor, lora: MoELoRA | None = None) -> torch.Tensor:
     """Same contract as moe_reference: x [T, H]; w13 [E, 2I, H] (gate rows then up rows); w2 [E, H, I];
-    topk_ids/topk_weights [T, K]. Returns [T, H] in x.dtype. Launch sizes depend on shapes only."""
+    topk_ids/topk_weights [T, K]. Returns [T, H] in x.dtype. Launch sizes depend on shapes only.
+    `lora`: run-time adapters per token row, what moe_reference's `delta` adds (see MoELoRA)."""
     x = x if x.stride(-1) == 1 else x.contiguous()
     w13 = w13 if w13.stride(-1) == 1 else w13.contiguous()
     w2 = w2 if w2.stride(-1) == 1 else w2.contiguous()
@@ -166,16 +197,18 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     dot_dtype = tl.float32 if x.device.type == "cpu" else _TL_DTYPES[x.dtype]
     precision = "ieee" if dot_dtype == tl.float32 else "tf32"
     h = torch.empty(max_blocks * block_m, inter, dtype=x.dtype, device=x.device)
+    (lora13, rank13), (lora2, rank2) = lora_args(lora, 0, x), lora_args(lora, 1, x)
     gate_up = tiles["gate_up"]
     _gate_up_kernel[(max_blocks * triton.cdiv(inter, gate_up["BLOCK_N"]),)](
-        x, w13, h, *routing, x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
-        HIDDEN=hidden, INTER=inter, TOP_K=top_k, DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, **gate_up)
+        x, w13, h, *routing, x.stride(0), w13.stride(0), w13.stride(1), h.stride(0), *lora13,
+        HIDDEN=hidden, INTER=inter, TOP_K=top_k, DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, **gate_up, **rank13)
     # One row per (token, slot) in x.dtype: each written once, then summed in fp32 in a fixed order.
     slots = torch.empty(num_pairs, hidden, dtype=x.dtype, device=x.device)
     down = tiles["down"]
     _down_kernel[(max_blocks * triton.cdiv(hidden, down["BLOCK_N"]),)](
         h, w2, slots, topk_weights.reshape(-1).contiguous(), *routing, h.stride(0), w2.stride(0), w2.stride(1),
-        slots.stride(0), HIDDEN=hidden, INTER=inter, DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, **down)
+        slots.stride(0), *lora2, HIDDEN=hidden, INTER=inter, TOP_K=top_k, DOT_DTYPE=dot_dtype,
+        DOT_PRECISION=precision, **down, **rank2)
     block_h = min(1024, triton.next_power_of_2(hidden))
     _sum_slots_kernel[(num_tokens, triton.cdiv(hidden, block_h))](
         slots, out, slots.stride(0), out.stride(0), HIDDEN=hidden, TOP_K=top_k, BLOCK_H=block_h, num_warps=4)
