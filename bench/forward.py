@@ -18,6 +18,8 @@ from dlx.engine.engine import LLMEngine  # noqa: E402
 from dlx.engine.reference import DecodeSettings, choose_tokens  # noqa: E402
 from dlx.kernels.attention import AttentionMetadata  # noqa: E402
 from dlx.models.dummy import BALANCE_METHOD, chosen_experts  # noqa: E402
+from dlx.models.lora import LoRAAdapter, base_linear_shapes  # noqa: E402
+from dlx.models.lora_layers import attach_adapters  # noqa: E402
 from dlx.models.moe import SparseMoE  # noqa: E402
 from dlx.models.shapes import write_shape_dir  # noqa: E402
 from dlx.params import SamplingParams  # noqa: E402
@@ -83,7 +85,8 @@ class GpuWait:
         return self.choose(*args)
 
 
-def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int) -> dict | None:
+def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int, lora: str | None = None
+            ) -> dict | None:
     """Median whole-step ms over `rounds` rounds of 31 steady steps (batch requests, context cached tokens each,
     one 32-token block at threshold 1, one token a forward), with the step's roofline bytes and host ms beside."""
     prompts = [random_prompt(engine, context, seed + i) for i in range(batch)]
@@ -92,7 +95,7 @@ def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int)
         engine.add_request(prompt, warm)
     while engine.has_work():
         engine.step()
-    params = SamplingParams(temperature=0, max_tokens=BLOCK, ignore_eos=True, threshold=1.0)
+    params = SamplingParams(temperature=0, max_tokens=BLOCK, ignore_eos=True, threshold=1.0, lora=lora)
     steps, rows, distinct, busy, kernels, host = [], [], [], [], [], []
     wait = GpuWait(engine) if not isinstance(engine.sampler.choose, GpuWait) else engine.sampler.choose
     for r in range(rounds + 1):   # round 0 warms up
@@ -103,8 +106,10 @@ def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int)
             wanted = sum(len(engine.strategy.logit_positions(req)) for req in running if req.block_steps)
             steady = all(req.nfe >= 1 for req in running) and len(running) == batch and engine.scheduler.running
             if r and steady and not distinct:
+                graphs, engine.runner.graphs = engine.runner.graphs, None   # a replay calls no Python hook
                 with chosen_experts(engine.model) as chosen:   # counted on an untimed step: unique() syncs
                     engine.step()
+                engine.runner.graphs = graphs
                 distinct = [int(chosen[i].unique().numel()) for i in sorted(chosen)]
                 continue
             if r and steady and len(busy) < 3 and torch.cuda.is_available():
@@ -158,6 +163,33 @@ def naive_step_ms(engine: LLMEngine, context: int) -> float:
         model.set_kernels(engine.cfg.attn_impl, engine.cfg.moe_impl)
 
 
+def attach_random_adapter(engine: LLMEngine, rank: int) -> str:
+    """A random rank-`rank` LoRA adapter on every linear layer (attention, dense and shared MLPs, every routed
+    expert), attached for run-time use under the name "bench"; the graphs are captured again to hold it."""
+    shapes = base_linear_shapes(engine.model.config)
+    pairs = {name: (torch.randn(rank, cols) * 0.01, torch.randn(rows, rank) * 0.01)
+             for name, (rows, cols) in shapes.items()}
+    attach_adapters(engine.model, [LoRAAdapter("bench", "", pairs)])
+    engine.adapters = {"bench": 0}
+    return f"rank {rank} on {len(pairs)} linear layers"
+
+
+def lora_rows(engine: LLMEngine, cfg: Config, rows: list, base: dict, rounds: int, rank: int) -> None:
+    """The base model's steps beside the same steps with a run-time adapter on every row."""
+    what = attach_random_adapter(engine, rank)
+    graphs = engine.runner.use_graphs(cfg.max_num_reqs, cfg.buffer_size, cfg.max_model_len)[0]
+    print(f"\nRun-time LoRA adapter ({what}), every request using it; {graphs} CUDA graphs\n")
+    print("| batch | context | base step ms | with adapter ms | ratio |")
+    print("|---|---|---|---|---|")
+    for batch, context in rows:
+        m, b = measure_row(engine, batch, context, rounds, lora="bench"), base[(batch, context)]
+        if isinstance(m, str) or isinstance(b, str):
+            print(f"| {batch} | {context} | {b if isinstance(b, str) else ''} | {m if isinstance(m, str) else ''} | |")
+            continue
+        print(f"| {batch} | {context} | {b['step_ms']:.2f} | {m['step_ms']:.2f} | {m['step_ms'] / b['step_ms']:.2f}× |",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="mini", choices=("mini", "flash"))
@@ -166,6 +198,8 @@ def main() -> None:
     parser.add_argument("--contexts", default="512,2048,8192")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--naive-contexts", default="512,2048", help="contexts of the naive baseline (batch 1)")
+    parser.add_argument("--lora-rank", type=int, default=0, help="then the same steps with a run-time adapter")
+    parser.add_argument("--lora-batches", default="1,64", help="batches of the LoRA rows (at the first context)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     contexts = [int(c) for c in args.contexts.split(",")]
@@ -193,8 +227,10 @@ def main() -> None:
     print("| batch | context | eager step ms | graphs step ms | host ms | GPU busy ms | kernels | roofline ms "
           "| graphs ÷ roofline | distinct experts per MoE layer (min–max, mean) | naive generate() way, batch 1 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
+    graphed = {}
     for batch, context in rows:
         m, e = measure_row(engine, batch, context, args.rounds), eager[(batch, context)]
+        graphed[(batch, context)] = m
         if isinstance(m, str) or isinstance(e, str):
             print(f"| {batch} | {context} | {e if isinstance(e, str) else ''} | {m if isinstance(m, str) else ''} "
                   "| | | | | | | |")
@@ -206,12 +242,15 @@ def main() -> None:
         print(f"| {batch} | {context} | {e['step_ms']:.2f} | {m['step_ms']:.2f} | {m['host_ms']:.2f} "
               f"| {m['busy_ms']:.2f} | {m['kernels']:.0f} | {roof_ms:.2f} | {m['step_ms'] / roof_ms:.2f}× "
               f"| {min(d)}–{max(d)}, {statistics.mean(d):.0f} | {base} |", flush=True)
+    if args.lora_rank:
+        lora = [(int(b), contexts[0]) for b in args.lora_batches.split(",") if (int(b), contexts[0]) in graphed]
+        lora_rows(engine, cfg, lora, graphed, args.rounds, args.lora_rank)
 
 
-def measure_row(engine: LLMEngine, batch: int, context: int, rounds: int) -> dict | str:
+def measure_row(engine: LLMEngine, batch: int, context: int, rounds: int, lora: str | None = None) -> dict | str:
     """measure(), or why a row has no number."""
     try:
-        m = measure(engine, batch, context, rounds, seed=batch * 7919 + context)
+        m = measure(engine, batch, context, rounds, seed=batch * 7919 + context, lora=lora)
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return "out of memory"

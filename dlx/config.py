@@ -180,11 +180,15 @@ class Config:
                               f"({sorted(allowed)}) and leave at least one for the frontends")
 
     @property
+    def bucketed_steps(self) -> bool:
+        """Decode steps run padded to the graphs' buckets (on a GPU with the Triton kernels), captured or not: the
+        same launch shapes either way, so --enforce-eager decodes the very tokens the graphs do."""
+        return self.device == "cuda" and self.attn_impl == "triton_grouped" and self.moe_impl == "triton"
+
+    @property
     def cuda_graphs(self) -> bool:
         """Capture the decode step's CUDA graphs: on a GPU with the Triton kernels, unless turned off."""
-        return (self.device == "cuda" and self.attn_impl == "triton_grouped" and self.moe_impl == "triton"
-                and not self.enforce_eager and not self.disable_cuda_graphs
-                and (self.pre_merge_lora or not self.lora_path))   # run-time LoRA adapters step eagerly
+        return self.bucketed_steps and not self.enforce_eager and not self.disable_cuda_graphs
 
     def engine_cpu_list(self) -> list[int]:
         """--engine-cpus as CPU numbers in worker order ("2,3" or "2-3"); empty when not pinning."""

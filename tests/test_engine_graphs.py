@@ -63,11 +63,11 @@ def test_padded_load():
     assert not buffers.fits(StepInputs([0] * 17, [], [], [17], [0], [[1]], []))
 
 
-def engine(tiny_dir, impl: str, graphs: bool) -> LLMEngine:
+def engine(tiny_dir, impl: str, graphs: bool, lora_path: str = "") -> LLMEngine:
     """Blocks of 8 and two in flight: steps of one to three blocks a request, buckets small enough for the
     interpreter."""
     cfg = Config(model=tiny_dir, dtype="float32", device=DEVICE, max_model_len=64, block_size=8, page_size=8,
-                 buffer_size=2, num_kv_pages=40, max_num_reqs=4).finalize(cuda_available=ON_GPU)
+                 buffer_size=2, num_kv_pages=40, max_num_reqs=4, lora_path=lora_path).finalize(cuda_available=ON_GPU)
     cfg.attn_impl, cfg.moe_impl = impl, "triton" if impl == "triton_grouped" else "naive"
     cfg.enforce_eager = not graphs
     eng = LLMEngine(cfg)
@@ -92,11 +92,30 @@ def test_graphs_decode_the_same_tokens(tiny_dir):
     assert graphed_engine.runner.graphs.replays < sum(r.nfe for r in graphed)   # prefills did not
 
 
+@pytest.mark.slow
+def test_graphs_hold_run_time_adapters(tiny_dir, lora_adapters):
+    """Two run-time LoRA adapters and the base in one batch: through the graphs' buffers (the adapter of each row
+    is one of their fields, the one-hot built inside the body) the tokens of the PyTorch path."""
+    lora_path = f"a={lora_adapters['a']},b={lora_adapters['b']}"
+    prompts = [[7, 8], [9, 11, 13], list(range(20, 30))]
+    params = [SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, lora=name) for name in ("a", None, "b")]
+    eager = run(engine(tiny_dir, "naive", graphs=False, lora_path=lora_path), prompts, params)
+    graphed_engine = engine(tiny_dir, "triton_grouped", graphs=True, lora_path=lora_path)
+    graphed = run(graphed_engine, prompts, params)
+    base = run(engine(tiny_dir, "naive", graphs=False), prompts, params[1:2] * 3)
+    assert [r.output for r in graphed] == [r.output for r in eager]
+    assert eager[0].output != base[0].output and eager[2].output != base[2].output   # the adapters mattered
+    assert eager[1].output == base[1].output
+    assert graphed_engine.runner.graphs.replays > 0
+
+
 def gpu_engine(model_dir: str, dtype: str, graphs: bool, **settings) -> LLMEngine:
+    # A fixed KV size: sized from free memory, the second engine of a pair would find the first one's cache.
+    settings.setdefault("num_kv_pages", 512)
     cfg = Config(model=model_dir, dtype=dtype, device="cuda", max_num_reqs=16, enforce_eager=not graphs,
                  **settings).finalize()
     eng = LLMEngine(cfg)
-    assert (eng.runner.graphs is not None) == graphs
+    assert eng.runner.graphs.capturing == graphs   # eager: the same buckets, uncaptured
     return eng
 
 

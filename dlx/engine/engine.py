@@ -70,6 +70,8 @@ class LLMEngine:
         self.runner = self.make_runner(num_pages)
         if cfg.cuda_graphs:
             self.capture_graphs()
+        elif cfg.bucketed_steps:   # --enforce-eager: the graphs' shapes, uncaptured
+            self.runner.use_graphs(cfg.max_num_reqs, cfg.buffer_size, cfg.max_model_len, capture=False)
         self.kv = KVCacheManager(num_pages, cfg.page_size, not cfg.disable_prefix_caching)
         self.strategy = strategy_for(cfg)
         self.scheduler = Scheduler(self.kv, cfg.max_num_reqs, cfg.max_num_batched_tokens, self.strategy)
@@ -103,7 +105,7 @@ class LLMEngine:
     def default_num_pages(self) -> int:
         page_bytes = self.model.kv_layout().page_bytes(self.cfg.page_size)
         if self.cfg.device == "cuda":
-            reserve = self.graph_memory() if self.cfg.cuda_graphs else 0
+            reserve = self.graph_memory() if self.cfg.bucketed_steps else 0
             free, _ = torch.cuda.mem_get_info()
             total = torch.cuda.get_device_properties(0).total_memory
             budget = free - total * (1 - self.cfg.gpu_memory_utilization) - reserve
@@ -119,7 +121,7 @@ class LLMEngine:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         scratch = self.make_runner(2)
-        scratch.use_graphs(self.cfg.max_num_reqs, self.cfg.buffer_size, self.cfg.max_model_len, capture=False)
+        scratch.use_graphs(self.cfg.max_num_reqs, self.cfg.buffer_size, self.cfg.max_model_len, plan_only=True)
         scratch.graphs.run_largest()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base

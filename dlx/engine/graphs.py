@@ -72,11 +72,11 @@ class GraphPlan:
 
 class StepGraphs:
     """Captures and replays. On a CUDA device each bucket is a torch.cuda.CUDAGraph sharing one memory pool; on
-    the CPU (tests) "replay" runs the same function eagerly on the same buffers, so the bucketing, padding and
-    static-buffer logic is exercised everywhere and only the capture itself needs a GPU."""
+    the CPU (tests) and under --enforce-eager "replay" runs the same function eagerly on the same buffers, so the
+    bucketing, padding and static-buffer logic is exercised everywhere and only the capture itself needs a GPU."""
 
     def __init__(self, model: ServedModel, buffers: StepBuffers, plan: GraphPlan, max_context_len: int,
-                 mask_id: int, sampling_impl: str):
+                 mask_id: int, sampling_impl: str, capture: bool = True):
         self.model, self.buffers, self.plan = model, buffers, plan
         self.max_context_len, self.mask_id, self.sampling_impl = max_context_len, mask_id, sampling_impl
         dtype, device = model.kv_layout().dtype, buffers.device_vector.device
@@ -89,7 +89,8 @@ class StepGraphs:
         self.heads: dict[int, Callable[[], None]] = {}
         self.pool = None
         self.on_gpu = device.type == "cuda"
-        self.replays = 0   # steps that ran through the graphs
+        self.capturing = capture and self.on_gpu   # else each bucket's function runs uncaptured
+        self.replays = 0   # steps that ran through the buckets
 
     def run(self, inputs: StepInputs) -> LogitRows | None:
         """The step's forward through its buckets' graphs; None when it fits none (run it eagerly)."""
@@ -127,7 +128,7 @@ class StepGraphs:
     def capture(self, forward: Callable[[], None], requests: int, rows: int, logit_rows: int) -> Callable[[], None]:
         # Inputs of an empty batch: every row padding, every request empty, so the warm-up reads no page.
         self.buffers.load(StepInputs.empty(), requests=requests, rows=rows, logit_rows=logit_rows)
-        if not self.on_gpu:
+        if not self.capturing:
             return forward
         forward()   # warm-up: compiles every kernel variant outside the capture
         graph = torch.cuda.CUDAGraph()
@@ -144,6 +145,8 @@ class StepGraphs:
                                  buffers.device_tables[:requests], buffers.view("slots", rows), self.plan.block_size,
                                  [query_len] * requests, [self.max_context_len] * requests, pad_rows=True)
         meta.kernel_cache["host_summary"] = (query_len, self.max_context_len, rows)
+        if self.model.lora_rows is not None:   # run-time LoRA adapters: the one-hot is built inside the graph
+            self.model.lora_rows.set(buffers.view("adapters", rows), self.hidden.dtype)
         hidden = self.model(buffers.view("ids", rows), buffers.view("positions", rows), meta)
         self.hidden[:rows].copy_(hidden)
 

@@ -70,6 +70,7 @@ class DeviceInputs:
     context_lens: torch.Tensor
     page_tables: torch.Tensor
     logit_rows: torch.Tensor
+    adapters: torch.Tensor   # run-time LoRA adapter per row (-1: none)
 
 
 class StepBuffers:
@@ -77,12 +78,13 @@ class StepBuffers:
     `logit_rows` logit rows. Every field has a fixed place in one int64 vector, so a step's inputs reach the
     device in one copy from pinned memory (the page tables in a second), and a CUDA graph captured on these
     device views reads each step's values. Padding (to a graph's bucket): rows at position -1, slot -1, token
-    0; requests with no rows and no context; logit rows pointing at row 0."""
+    0, adapter -1; requests with no rows and no context; logit rows pointing at row 0."""
 
     def __init__(self, rows: int, requests: int, pages: int, logit_rows: int, device: torch.device):
         self.rows, self.requests, self.pages, self.logit_capacity = rows, requests, pages, logit_rows
         sizes = {"ids": rows, "positions": rows, "slots": rows, "cu_seqlens": requests + 1,
-                 "context_lens": requests, "logit_rows": logit_rows}
+                 "context_lens": requests, "adapters": rows,
+                 "logit_rows": logit_rows}
         self.offsets, start = {}, 0
         for name, size in sizes.items():
             self.offsets[name] = (start, size)
@@ -118,7 +120,8 @@ class StepBuffers:
         n, r, k = inputs.num_rows, len(inputs.query_lens), len(inputs.logit_rows)
         requests, rows, logit_rows = requests or r, rows or n, logit_rows or k
         for name, values, pad in (("ids", inputs.ids, 0), ("positions", inputs.positions, -1),
-                                  ("slots", inputs.slots, -1), ("logit_rows", inputs.logit_rows, 0)):
+                                  ("slots", inputs.slots, -1), ("adapters", inputs.adapters, -1),
+                                  ("logit_rows", inputs.logit_rows, 0)):
             length = rows if name != "logit_rows" else logit_rows
             target = self.field(name, length)
             target[:len(values)] = values
@@ -139,4 +142,5 @@ class StepBuffers:
             self.copied.record()
         return DeviceInputs(self.view("ids", rows), self.view("positions", rows), self.view("slots", rows),
                             self.view("cu_seqlens", requests + 1), self.view("context_lens", requests),
-                            self.device_tables[:requests], self.view("logit_rows", logit_rows))
+                            self.device_tables[:requests], self.view("logit_rows", logit_rows),
+                            self.view("adapters", rows))

@@ -71,39 +71,44 @@ def merge_adapter(model: torch.nn.Module, adapter: LoRAAdapter) -> None:
 
 
 class LoRARows:
-    """Which adapter each row of the current forward uses (-1: none), grouped once per forward for every layer."""
+    """Which adapter each row of the current forward uses (-1: none), as the row's one-hot over the adapters; set
+    once per forward from a device tensor, with no host sync, so a CUDA graph can hold every adapter product."""
 
-    def __init__(self) -> None:
-        self.index: torch.Tensor | None = None
-        self.groups: list[tuple[int, torch.Tensor]] = []
+    def __init__(self, adapters: int) -> None:
+        self.adapters = adapters
+        self.index: torch.Tensor | None = None    # [T] adapter per row
+        self.onehot: torch.Tensor | None = None   # [T, N] 1.0 at the row's adapter, zeros for -1
 
-    def set(self, index: torch.Tensor) -> None:
+    def set(self, index: torch.Tensor, dtype: torch.dtype) -> None:
         self.index = index
-        self.groups = [(a, (index == a).nonzero().squeeze(1)) for a in index.unique().tolist() if a >= 0]
+        self.onehot = (index[:, None] == torch.arange(self.adapters, device=index.device)).to(dtype)
 
 
 class LoRAWeights:
-    """One layer's adapters stacked: a [N, ..., R, in], b [N, ..., out, R] (zeros where an adapter skips it)."""
+    """One layer's adapters stacked: a [N, ..., R, in], b [N, ..., out, R] (zeros where an adapter skips it).
+    Every row goes through all N adapters' A at once and keeps only its own adapter's product (the one-hot),
+    then through all B: two GEMMs per layer whatever the mix, no grouping by adapter."""
 
     def __init__(self, rows: LoRARows, a: torch.Tensor, b: torch.Tensor):
         self.rows, self.a, self.b = rows, a, b
+        if a.dim() == 3:   # a linear layer: flattened once to [N*R, in] and [out, N*R]
+            self.a_flat = a.reshape(-1, a.shape[-1])
+            self.b_flat = b.permute(1, 0, 2).reshape(b.shape[1], -1).contiguous()
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """y + each row's adapter applied to x (a linear layer)."""
-        for adapter, rows in self.rows.groups:
-            xs = x.index_select(0, rows)
-            y.index_add_(0, rows, (xs @ self.a[adapter].t() @ self.b[adapter].t()).to(y.dtype))
-        return y
+        return y + self.product(x, self.rows.onehot, self.a_flat, self.b_flat).to(y.dtype)
 
     def expert_delta(self, expert: int, tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Routed rows x (of batch rows `tokens`) through expert's adapters."""
-        out = torch.zeros(len(x), self.b.shape[-2], dtype=x.dtype, device=x.device)
-        ids = self.rows.index.index_select(0, tokens)
-        for adapter in ids.unique().tolist():
-            if adapter >= 0:
-                sel = (ids == adapter).nonzero().squeeze(1)
-                out.index_add_(0, sel, (x[sel] @ self.a[adapter, expert].t() @ self.b[adapter, expert].t()).to(x.dtype))
-        return out
+        a, b = self.a[:, expert], self.b[:, expert]
+        a_flat, b_flat = a.reshape(-1, a.shape[-1]), b.permute(1, 0, 2).reshape(b.shape[1], -1)
+        return self.product(x, self.rows.onehot.index_select(0, tokens), a_flat, b_flat).to(x.dtype)
+
+    @staticmethod
+    def product(x: torch.Tensor, onehot: torch.Tensor, a_flat: torch.Tensor, b_flat: torch.Tensor) -> torch.Tensor:
+        xa = (x.to(a_flat.dtype) @ a_flat.t()).view(len(x), onehot.shape[1], -1)
+        return (xa * onehot[:, :, None].to(xa.dtype)).view(len(x), -1) @ b_flat.t()
 
 
 def stack(pairs: list[Pair | None], shape_a: tuple, shape_b: tuple, dtype: torch.dtype,
@@ -120,7 +125,7 @@ def stack(pairs: list[Pair | None], shape_a: tuple, shape_b: tuple, dtype: torch
 
 def attach_adapters(model: torch.nn.Module, adapters: list[LoRAAdapter]) -> LoRARows:
     """Run-time adapters: every targeted layer gets `lora` (adapter i = index i of the returned rows' table)."""
-    rows, per = LoRARows(), [local_pairs(model, adapter) for adapter in adapters]
+    rows, per = LoRARows(len(adapters)), [local_pairs(model, adapter) for adapter in adapters]
     dtype, device = model.lm_head.weight.dtype, model.lm_head.weight.device
     for module in model.modules():
         if isinstance(module, ReplicatedLinear) and any((module,) in p for p in per):

@@ -61,7 +61,7 @@ class SparseMoE(nn.Module):
         self.w2.weight_loader = self.load_w2
         self.shared_experts = SwiGLU(hidden, moe_intermediate * num_shared, reduce=False) if num_shared else None
         self.impl = "naive"  # or "triton" (fused_moe); the runner sets it, and the router's own impl beside it
-        self.lora = None     # run-time LoRA: (w13's, w2's) LoRAWeights; rows using one take the PyTorch path
+        self.lora = None     # run-time LoRA: (w13's, w2's) LoRAWeights, applied inside either MoE path
 
     def load_w13(self, param: torch.Tensor, loaded: torch.Tensor, expert: int | None, part: int) -> None:
         """part 0 = gate rows, 1 = up rows; expert None = all experts stacked in `loaded`."""
@@ -77,14 +77,15 @@ class SparseMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         topk_ids, topk_weights = self.gate(x)
-        if self.lora is not None and self.lora[0].rows.groups:   # some row of this forward uses an adapter
-            y = moe_reference(x, self.w13, self.w2, topk_ids, topk_weights,
-                              delta=lambda part, e, tokens, h: self.lora[part].expert_delta(e, tokens, h))
-        elif self.impl == "naive":
-            y = moe_reference(x, self.w13, self.w2, topk_ids, topk_weights)
+        if self.impl == "naive":
+            delta = None if self.lora is None else \
+                (lambda part, e, tokens, h: self.lora[part].expert_delta(e, tokens, h))
+            y = moe_reference(x, self.w13, self.w2, topk_ids, topk_weights, delta=delta)
         elif self.impl == "triton":
-            from dlx.kernels.moe_triton import fused_moe  # first use only: CPU installs need no Triton
-            y = fused_moe(x, self.w13, self.w2, topk_ids, topk_weights)
+            from dlx.kernels.moe_triton import MoELoRA, fused_moe  # first use only: CPU installs need no Triton
+            lora = None if self.lora is None else MoELoRA(self.lora[0].rows.index, self.lora[0].a, self.lora[0].b,
+                                                          self.lora[1].a, self.lora[1].b)
+            y = fused_moe(x, self.w13, self.w2, topk_ids, topk_weights, lora=lora)
         else:
             raise ValueError(f"unknown MoE impl {self.impl!r}; expected one of {KERNEL_IMPLS}")
         if self.shared_experts is not None:
