@@ -23,7 +23,8 @@ for part in $parts; do
         tests/test_engine_triton.py tests/test_engine_graphs.py tests/test_models_dummy.py tests/test_bench_forward.py \
         2>&1 | tail -n 30 | tee "$OUT/gpu_tests.log" ;;
     forward)       # the engine step of the mini shape, eager and with CUDA graphs, against its roofline
-      timeout 560 python3 bench/forward.py --batches 1,8,32,64 --contexts 512,2048,8192 --naive-contexts 512 2>&1 \
+      timeout 560 python3 bench/forward.py --batches 1,8,32,64 --contexts 512,2048,8192 --naive-contexts 512 \
+        --lora-rank 16 2>&1 \
         | tee "$OUT/forward.md" ;;
     kernels)
       timeout 150 python3 bench/kernel_bench.py 2>&1 | tee "$OUT/kernels.md"
