@@ -8,7 +8,8 @@ import sys
 import threading
 import warnings
 
-from dlx.config import DEFAULT_RUNTIME_FILE, Config, ConfigError, add_cli_arguments, config_from_args
+from dlx.cli import add_cli_arguments, config_from_args
+from dlx.config import DEFAULT_RUNTIME_FILE, Config, ConfigError
 
 RING_SLOTS, SLOT_BYTES = 256, 4096
 SPARE_CHANNELS = 4   # gunicorn restarts workers; an external gunicorn may run more of them

@@ -164,8 +164,7 @@ def naive_step_ms(engine: LLMEngine, context: int) -> float:
 
 
 def attach_random_adapter(engine: LLMEngine, rank: int) -> str:
-    """A random rank-`rank` LoRA adapter on every linear layer (attention, dense and shared MLPs, every routed
-    expert), attached for run-time use under the name "bench"; the graphs are captured again to hold it."""
+    """A random rank-`rank` LoRA adapter on every linear layer, attached for run-time use under the name "bench"."""
     shapes = base_linear_shapes(engine.model.config)
     pairs = {name: (torch.randn(rank, cols) * 0.01, torch.randn(rows, rank) * 0.01)
              for name, (rows, cols) in shapes.items()}
@@ -186,8 +185,8 @@ def lora_rows(engine: LLMEngine, cfg: Config, rows: list, base: dict, rounds: in
         if isinstance(m, str) or isinstance(b, str):
             print(f"| {batch} | {context} | {b if isinstance(b, str) else ''} | {m if isinstance(m, str) else ''} | |")
             continue
-        print(f"| {batch} | {context} | {b['step_ms']:.2f} | {m['step_ms']:.2f} | {m['step_ms'] / b['step_ms']:.2f}× |",
-              flush=True)
+        ratio = m["step_ms"] / b["step_ms"]
+        print(f"| {batch} | {context} | {b['step_ms']:.2f} | {m['step_ms']:.2f} | {ratio:.2f}× |", flush=True)
 
 
 def main() -> None:

@@ -65,7 +65,8 @@ def adapter_logits(model_dir: str, lora_path: str = "", pre_merge: bool = False,
     serve_adapters(model, lora_path, pre_merge)
     ids = torch.tensor([3, 17, 42, 5, 9, 11, 60, 2, 8, 81, 33, 7, 19, 4, 90, 6])
     if rows is not None:
-        model.lora_rows.set(torch.tensor(rows) if isinstance(rows, list) else torch.full((len(ids),), rows), torch.float32)
+        index = torch.tensor(rows) if isinstance(rows, list) else torch.full((len(ids),), rows)
+        model.lora_rows.set(index, torch.float32)
     with torch.no_grad():
         return model.compute_logits(model(ids, torch.arange(len(ids)), AttentionMetadata.single(len(ids), 4)))
 

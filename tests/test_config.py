@@ -102,3 +102,9 @@ def test_engine_cpus_in_worker_order_and_the_rest_for_frontends(tiny_dir, monkey
     assert cfg.engine_cpu_list() == [3, 1] and cfg.frontend_cpus() == {0, 2}
     assert finalize(tiny_dir, engine_cpus="1-2", data_parallel_size=2).engine_cpu_list() == [1, 2]
     assert finalize(tiny_dir).engine_cpu_list() == []
+
+
+def test_served_model_types_are_the_loaders_families():
+    from dlx.config import SERVED_MODEL_TYPES
+    from dlx.models.loader import FAMILIES
+    assert sorted(FAMILIES) == sorted(SERVED_MODEL_TYPES)

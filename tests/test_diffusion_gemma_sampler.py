@@ -23,6 +23,7 @@ from dlx.models.diffusion_gemma_sampler import (SamplingSettings, entropy_bounde
                                                 step, temperature)
 from dlx.models.diffusion_gemma_weights import load_diffusion_gemma
 from dlx.models.tiny_gemma import TINY_CANVAS, TINY_TEXT, write_tiny_diffusion_gemma
+from test_models_diffusion_gemma import eager_oracle
 
 try:
     from transformers import (DiffusionGemmaForBlockDiffusion, EntropyBoundSamplerConfig,
@@ -48,14 +49,9 @@ def model(gemma_dir):
     return load_diffusion_gemma(gemma_dir, dtype="float32")
 
 
-def eager_reference(model_dir: str):
-    return DiffusionGemmaForBlockDiffusion.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager",
-                                                           experts_implementation="eager").eval()
-
-
 @pytest.fixture(scope="module")
 def reference(gemma_dir):
-    return eager_reference(gemma_dir)
+    return eager_oracle(gemma_dir)
 
 
 def prompt_of(length: int) -> torch.Tensor:
@@ -180,7 +176,7 @@ def test_missing_settings_fall_back_to_reference_defaults(gemma_dir, tmp_path):
     shutil.copytree(gemma_dir, no_file_dir)
     os.remove(os.path.join(no_file_dir, "generation_config.json"))
     for model_dir in (gemma_dir, partial_dir, no_file_dir):
-        resolved, _ = eager_reference(model_dir)._prepare_generation_config(None)
+        resolved, _ = eager_oracle(model_dir)._prepare_generation_config(None)
         settings = SamplingSettings.from_pretrained(model_dir)
         eos = resolved.eos_token_id
         assert settings == SamplingSettings(

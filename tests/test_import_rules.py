@@ -8,7 +8,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LEAVES = {"config", "params"}
+LEAVES = {"config", "params", "cli"}
 ALLOWED = {
     "frontend": {"ipc"},
     "workers": {"ipc", "engine", "models"},

@@ -211,3 +211,26 @@ def test_unexpected_tensor_is_named(gemma_dir, tmp_path):
                                   lambda tensors: {**tensors, name: torch.ones(TINY_TEXT["hidden_size"])})
     with pytest.raises(ValueError, match=rf"unexpected tensor '{name}'"):
         load_diffusion_gemma(broken, "float32")
+
+
+@needs_oracle
+def test_tiny_factory_writes_a_diffusion_gemma_with_its_tokenizer(tmp_path):
+    """`python -m dlx.models.tiny OUT --family diffusion_gemma`: transformers' layout plus the tiny tokenizer, whose
+    EOS is the model's; dlx loads it, and until dlx serves the family, start-up refuses it in one sentence."""
+    import subprocess
+    import sys
+
+    from dlx.config import Config, ConfigError
+    from dlx.models.tokenizer_build import EOS_TOKEN, token_id
+    out = str(tmp_path / "gemma")
+    subprocess.run([sys.executable, "-m", "dlx.models.tiny", out, "--family", "diffusion_gemma"], check=True,
+                   capture_output=True)
+    raw = json.load(open(os.path.join(out, "config.json")))
+    vocab = json.load(open(os.path.join(out, "tokenizer.json")))["model"]["vocab"]
+    assert raw["model_type"] == "diffusion_gemma"
+    assert raw["text_config"]["vocab_size"] >= len(vocab) > 256
+    assert json.load(open(os.path.join(out, "generation_config.json")))["eos_token_id"] == token_id(out, EOS_TOKEN)
+    model = load_diffusion_gemma(out, dtype="float32")
+    assert model.config.eos_token_ids == [token_id(out, EOS_TOKEN)]
+    with pytest.raises(ConfigError, match="model_type 'diffusion_gemma' .* is not served by dlx .served: llada2_moe"):
+        Config(model=out).finalize()

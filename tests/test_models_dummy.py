@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from dlx import LLM, SamplingParams
-from dlx.config import Config, ConfigError, add_cli_arguments, config_from_args
+from dlx.cli import add_cli_arguments, config_from_args
+from dlx.config import Config, ConfigError
 from dlx.kernels.attention import AttentionMetadata
 from dlx.models import load_model
 from dlx.models.dummy import balance_routers, chosen_experts, distinct_experts_per_layer, init_std, random_batch, \

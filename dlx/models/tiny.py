@@ -1,5 +1,5 @@
-"""Tiny-checkpoint factory: random LLaDA2 models in real Hugging Face layout, for tests and demos.
-`python -m dlx.models.tiny OUT_DIR --family llada2 [--seed N] [--shards K] [--dtype float32|bfloat16]`."""
+"""Tiny-checkpoint factory: random LLaDA2 and DiffusionGemma models in real Hugging Face layout, for tests and demos.
+`python -m dlx.models.tiny OUT_DIR [--family llada2|diffusion_gemma] [--seed N] [--shards K] [--dtype D]`."""
 import argparse
 import json
 import os
@@ -102,12 +102,19 @@ def save_shards(out_dir: str, tensors: dict[str, torch.Tensor], shards: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
-    parser.add_argument("--family", default="llada2", choices=["llada2"])
+    parser.add_argument("--family", default="llada2", choices=["llada2", "diffusion_gemma"],
+                        help="diffusion_gemma: written by transformers' own classes (needs transformers >= 5.11)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--eos-boost", type=float, default=0.0, help="raise EOS likelihood (tests of stopping)")
     args = parser.parse_args()
+    if args.family == "diffusion_gemma":
+        from dlx.models.tiny_gemma import write_tiny_diffusion_gemma
+        if args.shards != 1 or args.eos_boost or args.dtype == "float16":
+            parser.error("--family diffusion_gemma writes one float32 or bfloat16 shard (no --shards, --eos-boost)")
+        print(write_tiny_diffusion_gemma(args.out_dir, args.seed, args.dtype, tokenizer=True))
+        return
     print(write_tiny_llada2(args.out_dir, args.seed, args.shards, args.dtype, args.eos_boost))
 
 

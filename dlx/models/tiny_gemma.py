@@ -43,15 +43,26 @@ def randomize(model: torch.nn.Module, gen: torch.Generator) -> None:
                 buffer.copy_(0.5 + torch.rand(buffer.shape, generator=gen))
 
 
-def write_tiny_diffusion_gemma(out_dir: str, seed: int = 0, dtype: str = "float32") -> str:
+def write_tiny_diffusion_gemma(out_dir: str, seed: int = 0, dtype: str = "float32", tokenizer: bool = False) -> str:
     """A randomly initialised DiffusionGemmaForBlockDiffusion saved with save_pretrained: config.json,
-    generation_config.json and model.safetensors (tied encoder names left out, as transformers writes them)."""
+    generation_config.json and model.safetensors (tied encoder names left out, as transformers writes them).
+    tokenizer: also the tiny models' byte-level BPE tokenizer, the vocabulary sized to it and its EOS the
+    model's EOS and padding (what `python -m dlx.models.tiny OUT --family diffusion_gemma` writes)."""
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 
-    config = DiffusionGemmaConfig(text_config=dict(TINY_TEXT), vision_config=dict(TINY_VISION),
-                                  canvas_length=TINY_CANVAS)
+    text = dict(TINY_TEXT)
+    if tokenizer:
+        from dlx.models.tiny import tiny_corpus
+        from dlx.models.tokenizer_build import EOS_TOKEN, build_tokenizer, token_id
+        vocab = build_tokenizer(out_dir, tiny_corpus(seed), vocab_size=384)
+        eos = token_id(out_dir, EOS_TOKEN)
+        text.update(vocab_size=vocab, eos_token_id=eos, pad_token_id=eos)
+    config = DiffusionGemmaConfig(text_config=text, vision_config=dict(TINY_VISION), canvas_length=TINY_CANVAS)
     torch.manual_seed(seed)  # transformers' own initialisation of the vision tower
     model = DiffusionGemmaForBlockDiffusion(config)
+    if tokenizer:
+        model.generation_config.eos_token_id = text["eos_token_id"]
+        model.generation_config.pad_token_id = text["pad_token_id"]
     randomize(model, torch.Generator().manual_seed(seed))
     model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]).save_pretrained(out_dir)
     return out_dir
