@@ -1,5 +1,5 @@
 """Paged block-diffusion attention: metadata describing a ragged batch, and the plain-PyTorch path.
-A query sees its request's cached prefix fully, and in-flight keys of its own block or earlier blocks."""
+A query sees its request's cached prefix and in-flight keys of its own or earlier blocks, optionally windowed."""
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +18,11 @@ class AttentionMetadata:
     # Rows past the requests' rows exist (a CUDA graph's bucket padding): the Triton path zeroes the output it
     # leaves there, so no uninitialised value (a NaN) reaches the MoE router.
     pad_rows: bool = False
+    # Sliding window: a key is visible only if key_pos > q_pos - window (cached and in-flight keys alike).
+    window: int | None = None
+    # Prefix tail: of the cached prefix only the last prefix_window keys (position >= context_len - prefix_window)
+    # are visible; in-flight keys keep the block rule.
+    prefix_window: int | None = None
     # Host-side launch values the Triton path derives once per forward (max lengths, row count),
     # so the per-layer calls repeat no Python work and never read the device.
     kernel_cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -68,7 +73,16 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, posit
             table = meta.page_tables[r]
             keys = torch.cat([gather_cached_kv(k_cache, table, ctx), keys])
             values = torch.cat([gather_cached_kv(v_cache, table, ctx), values])
-            visible = torch.cat([visible.new_ones(q_len, ctx), visible], dim=1)
+            cached = torch.arange(ctx, device=pos.device)   # a cached key's position is its index
+            cached_visible = visible.new_ones(q_len, ctx)
+            if meta.prefix_window is not None:
+                cached_visible &= (cached >= ctx - meta.prefix_window)[None, :]
+            visible = torch.cat([cached_visible, visible], dim=1)
+            pos_k = torch.cat([cached, pos])
+        else:
+            pos_k = pos
+        if meta.window is not None:
+            visible &= pos_k[None, :] > pos[:, None] - meta.window
         keys = keys.float().repeat_interleave(group, dim=1)
         values = values.float().repeat_interleave(group, dim=1)
         scores = torch.einsum("qhd,khd->hqk", q[rows].float(), keys) * scale

@@ -77,7 +77,8 @@ def launch_plan(q: torch.Tensor, num_kv_heads: int, meta: AttentionMetadata, cac
     """(tile shape, query tiles per request, split count) of one forward's attention calls. The split count is
     choose_num_splits' unless `num_splits` forces one; split grids take split_tile_shape's tiles. Planned once
     per forward and layer shape: every layer after the first reuses it (~13 us of Python a call)."""
-    key = ("launch_plan", tuple(q.shape[1:]), q.dtype, q.device, num_kv_heads, cached, num_splits)
+    key = ("launch_plan", tuple(q.shape[1:]), q.dtype, q.device, num_kv_heads, cached, num_splits, meta.window,
+           meta.prefix_window)
     plan = meta.kernel_cache.get(key)
     if plan is None:
         plan = meta.kernel_cache[key] = _plan(q, num_kv_heads, meta, cached, num_splits)
@@ -88,6 +89,8 @@ def launch_plan(q: torch.Tensor, num_kv_heads: int, meta: AttentionMetadata, cac
 def _plan(q: torch.Tensor, num_kv_heads: int, meta: AttentionMetadata, cached: bool,
           num_splits: int | None) -> tuple[dict, int, int]:
     max_query_len, max_context_len, _ = host_summary(meta)
+    for bound in (meta.window, meta.prefix_window):   # a query sees at most this many cached keys
+        max_context_len = max_context_len if bound is None else min(max_context_len, bound)
     group_pad, head_dim_pad = triton.next_power_of_2(q.shape[1] // num_kv_heads), padded_head_dim(q.shape[2])
     shape = tile_shape(group_pad, head_dim_pad, max_query_len, q.dtype)
     if num_splits is None:

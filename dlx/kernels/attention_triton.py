@@ -5,12 +5,11 @@ import triton
 import triton.language as tl
 
 from dlx.kernels.attention import AttentionMetadata
-from dlx.kernels.attention_plan import combine_launch, host_summary, launch_plan, padded_head_dim
+from dlx.kernels.attention_combine import NEG_BIG, combine_splits
+from dlx.kernels.attention_plan import host_summary, launch_plan, padded_head_dim
 from dlx.kernels.device import overlaps_launches
 
 LOG2E = 1.4426950408889634
-# A finite "minus infinity" for running maxima: a row that has seen no key yet never computes inf - inf.
-NEG_BIG = tl.constexpr(-1.0e30)
 # What the last split's in-flight tile costs in cached key tiles (its loads depend on the positions load and
 # are not pipelined: 3.5 us against 1.5-2 us a cached tile at 8 requests x 4k, docs/benchmarks.md).
 IN_FLIGHT_TILE_COST = tl.constexpr(2)
@@ -38,9 +37,10 @@ def _online_softmax_step(q, keys, values, visible, acc, row_max, row_sum, qk_sca
 def _cached_tile(q, acc, row_max, row_sum, next_pages, key_start, key_hi, table_row, k_cache_ptr, v_cache_ptr,
                  kv_head, stride_cp, stride_cs, stride_ch, qk_scale, offs_n, offs_d, d_ok, PAGE_SIZE: tl.constexpr,
                  BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, PREFETCH_PAGES: tl.constexpr,
-                 MASKED: tl.constexpr):
+                 MASKED: tl.constexpr, q_pos, window, HAS_WINDOW: tl.constexpr):
     """One tile of cached keys read through the page table. Only the range's last tile can be ragged: whole
-    tiles run without the key mask (fewer instructions a tile, and loads that need no predicate)."""
+    tiles run without the key mask (fewer instructions a tile, and loads that need no predicate). With
+    HAS_WINDOW a row sees key index (= position) j only if j > q_pos - window."""
     key_index = key_start + offs_n
     key_ok = key_index < key_hi
     if PREFETCH_PAGES:
@@ -57,8 +57,11 @@ def _cached_tile(q, acc, row_max, row_sum, next_pages, key_start, key_hi, table_
     else:
         keys = tl.load(k_cache_ptr + offsets, mask=d_ok, other=0.0)
         values = tl.load(v_cache_ptr + offsets, mask=d_ok, other=0.0)
-    acc, row_max, row_sum = _online_softmax_step(q, keys, values, key_ok[None, :], acc, row_max, row_sum,
-                                                 qk_scale, DOT_PRECISION, MASKED)
+    visible = key_ok[None, :]
+    if HAS_WINDOW:
+        visible = visible & (key_index[None, :] > q_pos[:, None] - window)
+    acc, row_max, row_sum = _online_softmax_step(q, keys, values, visible, acc, row_max, row_sum,
+                                                 qk_scale, DOT_PRECISION, MASKED or HAS_WINDOW)
     return acc, row_max, row_sum, next_pages
 
 
@@ -71,15 +74,18 @@ BATCH_DEPENDENT_ARGS = ["num_splits", "stride_table", "stride_pout_split", "stri
 def _paged_attention_kernel(
         q_ptr, k_ptr, v_ptr, out_ptr, positions_ptr, k_cache_ptr, v_cache_ptr, cu_seqlens_ptr,
         context_lens_ptr, page_table_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, qk_scale, num_splits,
+        window, prefix_window,
         stride_qn, stride_qh, stride_kvn, stride_kvh, stride_on, stride_oh, stride_cp, stride_cs, stride_ch,
         stride_table, stride_pout_split, stride_pout_row, stride_pout_head, stride_pstat_split, stride_pstat_row,
         BLOCK_SIZE: tl.constexpr, PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
         BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
         HAS_CACHE: tl.constexpr, SPLIT_KV: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        PREFETCH_PAGES: tl.constexpr, PDL: tl.constexpr):
+        PREFETCH_PAGES: tl.constexpr, PDL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PREFIX_WINDOW: tl.constexpr):
     """Program (tile*splits + split, kv_head, request): BLOCK_Q query rows x GROUP heads against
     (1) its share of the request's cached keys, read page by page, then (2) for the last split, the
-    request's in-flight keys up to the end of the tile's last block, masked by the block rule."""
+    request's in-flight keys up to the end of the tile's last block, masked by the block rule.
+    HAS_WINDOW: keys at or below q_pos - window are hidden; HAS_PREFIX_WINDOW: of the cached keys only the
+    last prefix_window are seen. Either one moves the scanned range's start past the hidden keys."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()   # the combine may be scheduled as soon as SMs free up
     tile, split = tl.program_id(0) // num_splits, tl.program_id(0) % num_splits
@@ -111,15 +117,22 @@ def _paged_attention_kernel(
     offs_n = tl.arange(0, BLOCK_N)
 
     if HAS_CACHE:
+        range_lo = 0   # the first cached key any row of the tile may see
+        if HAS_WINDOW:
+            range_lo = tl.minimum(tl.maximum(context_len + tile_start - window + 1, 0), context_len)
+        if HAS_PREFIX_WINDOW:
+            range_lo = tl.maximum(range_lo, tl.maximum(context_len - prefix_window, 0))
         if SPLIT_KV:
             # Whole tiles per split so only the request's last tile is ragged. The in-flight tile, which
             # only the last split runs, counts as IN_FLIGHT_TILE_COST tiles of the range to share, so the
             # last split gets that many fewer cached tiles and ends with the others.
-            chunk = tl.cdiv(tl.cdiv(context_len + IN_FLIGHT_TILE_COST * BLOCK_N, num_splits), BLOCK_N) * BLOCK_N
-            key_lo = tl.minimum(split * chunk, context_len)
+            # A split whose share lies wholly below range_lo (past context_len) runs no tile: an empty partial.
+            chunk = tl.cdiv(tl.cdiv(context_len - range_lo + IN_FLIGHT_TILE_COST * BLOCK_N, num_splits),
+                            BLOCK_N) * BLOCK_N
+            key_lo = tl.minimum(range_lo + split * chunk, context_len)
             key_hi = tl.minimum(key_lo + chunk, context_len)
         else:
-            key_lo = 0
+            key_lo = range_lo
             key_hi = context_len
         table_row = page_table_ptr + request * stride_table
         next_pages = offs_n   # a stand-in of the right shape; only PREFETCH_PAGES loads and reads it
@@ -132,12 +145,12 @@ def _paged_attention_kernel(
             acc, row_max, row_sum, next_pages = _cached_tile(
                 q, acc, row_max, row_sum, next_pages, key_start, key_hi, table_row, k_cache_ptr, v_cache_ptr,
                 kv_head, stride_cp, stride_cs, stride_ch, qk_scale, offs_n, offs_d, d_ok, PAGE_SIZE, BLOCK_N,
-                DOT_PRECISION, PREFETCH_PAGES, False)
+                DOT_PRECISION, PREFETCH_PAGES, False, q_pos, window, HAS_WINDOW)
         if whole_hi < key_hi:
             acc, row_max, row_sum, next_pages = _cached_tile(
                 q, acc, row_max, row_sum, next_pages, whole_hi, key_hi, table_row, k_cache_ptr, v_cache_ptr,
                 kv_head, stride_cp, stride_cs, stride_ch, qk_scale, offs_n, offs_d, d_ok, PAGE_SIZE, BLOCK_N,
-                DOT_PRECISION, PREFETCH_PAGES, True)
+                DOT_PRECISION, PREFETCH_PAGES, True, q_pos, window, HAS_WINDOW)
 
     if split == num_splits - 1:
         # In-flight rows sit at positions context_len + index; the tile's last query sees keys up to
@@ -145,13 +158,18 @@ def _paged_attention_kernel(
         last_query = (tl.minimum(tile_start + BLOCK_Q, query_len) - 1).to(tl.int32)
         block_end = ((context_len + last_query) // BLOCK_SIZE + 1) * BLOCK_SIZE - context_len
         key_end = tl.minimum(block_end, query_len.to(tl.int32))
-        for key_start in range(0, key_end, BLOCK_N):
+        inflight_lo = 0
+        if HAS_WINDOW:   # in-flight keys below the tile's first query's window are skipped, not masked
+            inflight_lo = tl.maximum(tile_start - window + 1, 0)
+        for key_start in range(inflight_lo, key_end, BLOCK_N):
             key_index = key_start + offs_n
             key_ok = key_index < key_end
             key_rows = row_start + key_index
             k_pos = tl.load(positions_ptr + key_rows, mask=key_ok, other=-1)
             key_real = key_ok & (k_pos >= 0)  # padding rows (position -1) are never read, even as 0 * NaN
             visible = key_real[None, :] & ((k_pos[None, :] // BLOCK_SIZE) <= (q_pos[:, None] // BLOCK_SIZE))
+            if HAS_WINDOW:
+                visible = visible & (k_pos[None, :] > q_pos[:, None] - window)
             offsets = key_rows[:, None] * stride_kvn + kv_head * stride_kvh + offs_d[None, :]
             keys = tl.load(k_ptr + offsets, mask=key_real[:, None] & d_ok, other=0.0)
             values = tl.load(v_ptr + offsets, mask=key_real[:, None] & d_ok, other=0.0)
@@ -173,37 +191,6 @@ def _paged_attention_kernel(
         store_ok = (row_ok & (q_pos >= 0))[:, None] & d_ok
         tl.store(out_ptr + rows[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=store_ok)
-
-
-@triton.jit(do_not_specialize=["num_splits", "stride_pout_split", "stride_pstat_split"])
-def _combine_splits_kernel(part_out_ptr, part_max_ptr, part_sum_ptr, out_ptr, positions_ptr, num_splits,
-                           stride_pout_split, stride_pout_row, stride_pout_head, stride_pstat_split,
-                           stride_pstat_row, stride_on, stride_oh, SPLITS_PAD: tl.constexpr,
-                           HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, PDL: tl.constexpr):
-    """One program per (query row, head): merge the splits' (max, sum, normalised output). Every split's
-    partial and the row's position are loaded at once: one memory round trip for the merge, not one a split."""
-    row, head = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    if PDL:
-        tl.extra.cuda.gdc_wait()   # launched early: the split kernel's partials are complete past this point
-    position = tl.load(positions_ptr + row)   # loaded beside the partials: no round trip of its own
-    splits = tl.arange(0, SPLITS_PAD)
-    split_ok = splits < num_splits
-    offs_d = tl.arange(0, HEAD_DIM_PAD)
-    d_ok = (offs_d < HEAD_DIM) | (HEAD_DIM == HEAD_DIM_PAD)
-    stat_offsets = splits.to(tl.int64) * stride_pstat_split + row * stride_pstat_row + head
-    part_max = tl.load(part_max_ptr + stat_offsets, mask=split_ok, other=NEG_BIG)
-    part_sum = tl.load(part_sum_ptr + stat_offsets, mask=split_ok, other=0.0)
-    out_offsets = splits.to(tl.int64) * stride_pout_split + row * stride_pout_row + head * stride_pout_head
-    part_out = tl.load(part_out_ptr + out_offsets[:, None] + offs_d[None, :],
-                       mask=split_ok[:, None] & d_ok[None, :], other=0.0)
-    # Each split weighs in with its share of the row's softmax mass; empty splits (max NEG_BIG, sum 0) with 0.
-    weight = tl.exp2(part_max - tl.max(part_max, 0)) * part_sum
-    total = tl.sum(weight, 0)
-    out = tl.sum(part_out.to(tl.float32) * weight[:, None], 0) / tl.where(total > 0, total, 1.0)
-    # Padding rows are left alone. A branch rather than a mask term: Triton 3.9's interpreter tags a
-    # scalar comparison with its operands' int type and broadcasts it as int, which no store accepts.
-    if position >= 0:
-        tl.store(out_ptr + row * stride_on + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
 def _shared_layout(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,17 +231,13 @@ def paged_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
     dot_dtype = tl.float32 if q.device.type == "cpu" and q.dtype == torch.bfloat16 else _TL_DTYPES[q.dtype]
     _paged_attention_kernel[(q_tiles * num_splits, num_kv_heads, meta.num_requests)](
         q, k, v, out, positions, k_cache, v_cache, meta.cu_seqlens_q, meta.context_lens, table,
-        part_out, part_max, part_sum, scale * LOG2E, num_splits,
+        part_out, part_max, part_sum, scale * LOG2E, num_splits, meta.window or 0, meta.prefix_window or 0,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1), *k_cache.stride()[:3],
         table.stride(0), *part_out.stride()[:3], *part_max.stride()[:2],
         BLOCK_SIZE=meta.block_size, PAGE_SIZE=k_cache.shape[1], GROUP=group,
         GROUP_PAD=triton.next_power_of_2(group), HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, HAS_CACHE=has_cache,
         SPLIT_KV=num_splits > 1, DOT_DTYPE=dot_dtype, DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
-        PDL=pdl, **shape)
+        PDL=pdl, HAS_WINDOW=meta.window is not None, HAS_PREFIX_WINDOW=meta.prefix_window is not None, **shape)
     if num_splits > 1:
-        _combine_splits_kernel[(total_rows, num_heads)](
-            part_out, part_max, part_sum, out, positions, num_splits, *part_out.stride()[:3],
-            *part_max.stride()[:2], out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, PDL=pdl, launch_pdl=pdl,
-            **combine_launch(num_splits))
+        combine_splits(part_out, part_max, part_sum, out, positions, head_dim_pad, pdl)
     return out
