@@ -3,7 +3,7 @@
 # Measured on the H100 machine: tests ~140 s, kernels ~70 s, serve ~300 s, quicksweep ~200 s, sweep more than 400 s.
 # serve-mini: estimated (not yet measured) at 5-7 min: two loads of the mini shape, 2 x 4 levels x (warm-up + 3 runs).
 # Usage: bash bench/gpu_session.sh [tests] [kernels] [serve] [servevaried] [servepinned] [stepgap] [sweep] [quicksweep]
-#        [shorttiles] [servesteps] [serve-mini] [forward]   (no argument: tests kernels serve)
+#        [shorttiles] [servesteps] [serve-mini] [forward] [profile]   (no argument: tests kernels serve)
 # Missing Python packages travel as wheels in .whl/ (see the device notes); run from the repository root.
 set -o pipefail
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/dlx-gpu-out}
@@ -18,7 +18,8 @@ parts=${*:-tests kernels serve}
 for part in $parts; do
   case $part in
     tests)
-      timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py tests/test_kernels_kv_store.py \
+      timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py tests/test_kernels_attention_window.py \
+        tests/test_kernels_kv_store.py \
         tests/test_kernels_moe.py tests/test_kernels_moe_lora.py tests/test_kernels_norm.py tests/test_kernels_rotary.py tests/test_kernels_sampling.py \
         tests/test_engine_triton.py tests/test_engine_graphs.py tests/test_models_dummy.py tests/test_bench_forward.py \
         2>&1 | tail -n 30 | tee "$OUT/gpu_tests.log" ;;
@@ -26,6 +27,8 @@ for part in $parts; do
       timeout 560 python3 bench/forward.py --batches 1,8,32,64 --contexts 512,2048,8192 --naive-contexts 512 \
         --lora-rank 16 2>&1 \
         | tee "$OUT/forward.md" ;;
+    profile)       # the kernel families of a graph step at batch 1 and 64 (where the step's GPU time goes)
+      timeout 200 python3 bench/step_profile.py --batches 1,64 --context 512 2>&1 | tee "$OUT/profile.md" ;;
     kernels)
       timeout 150 python3 bench/kernel_bench.py 2>&1 | tee "$OUT/kernels.md"
       timeout 60 python3 bench/attention_breakdown.py 2>&1 | tee "$OUT/breakdown.md"
@@ -70,7 +73,7 @@ for part in $parts; do
         --concurrency 1,8,32,64 --requests-per-client 2 --max-tokens 32 --max-tokens-to 64 --kv-pages 1024 \
         --max-model-len 1024 --rounds 3 --port 18327 2>&1 | tee "$OUT/serve_mini.md" ;;
     *) echo "unknown part $part (tests kernels serve servevaried servepinned stepgap sweep quicksweep shorttiles"
-       echo "                    servesteps serve-mini forward)"
+       echo "                    servesteps serve-mini forward profile)"
        exit 2 ;;
   esac
 done

@@ -42,3 +42,14 @@ def test_measure_reports_steady_steps(engine):
     assert len(result["distinct"]) == len(experts) and all(1 <= d <= experts[0].w13.shape[0]
                                                           for d in result["distinct"])
     assert engine.kv.num_used == 0 and not engine.has_work()
+
+
+def test_step_profile_groups_kernels_into_families():
+    from step_profile import OTHER, family_table, kernel_family
+    assert kernel_family("_paged_attention_kernel") == "attention"
+    assert kernel_family("_qk_norm_rotary_rows") == "q/k norms + rotary"
+    assert kernel_family("_rms_norm_rows") == "norms"
+    assert kernel_family("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize64x64x64") == "dense GEMMs (cuBLAS)"
+    assert kernel_family("void at::native::vectorized_elementwise_kernel<4, float>") == OTHER
+    rows = family_table([("_gate_up_kernel", 30.0), ("_gate_up_kernel", 10.0), ("copy", 60.0)], steps=2)
+    assert rows == [(OTHER, 30.0, 0.5, 0.6), ("MoE gate/up (grouped GEMM + SwiGLU)", 20.0, 1.0, 0.4)]

@@ -1,0 +1,100 @@
+"""Where an engine step's GPU time goes (GPU): steady decode steps of the LLaDA2.0-mini-shaped dummy model through
+the CUDA graphs under torch.profiler, kernels grouped into families and summed per step, with each family's share."""
+import argparse
+import collections
+import os
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from dlx.config import Config  # noqa: E402
+from dlx.engine.engine import LLMEngine  # noqa: E402
+from dlx.models.shapes import write_shape_dir  # noqa: E402
+from dlx.params import SamplingParams  # noqa: E402
+from forward import BLOCK, random_prompt  # noqa: E402
+
+# First match wins: (family, substrings of the kernel name). Triton kernels carry their Python names.
+FAMILIES = [
+    ("attention", ("_paged_attention_kernel",)), ("attention combine", ("_combine_splits",)),
+    ("MoE gate/up (grouped GEMM + SwiGLU)", ("_gate_up_kernel",)), ("MoE down (grouped GEMM)", ("_down_kernel",)),
+    ("MoE slot sum", ("_sum_slots",)), ("MoE routing (sort, search, align)", ("sort", "search", "cumsum", "radix")),
+    ("router", ("route",)), ("q/k norms + rotary", ("rotary",)), ("norms", ("norm",)), ("KV store", ("store",)),
+    ("greedy argmax + probability", ("argmax", "prob")),
+    ("dense GEMMs (cuBLAS)", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "splitk")),
+]
+
+
+OTHER = "other (elementwise, copies, index)"
+
+
+def kernel_family(name: str) -> str:
+    lowered = name.lower()
+    return next((family for family, keys in FAMILIES if any(key in lowered for key in keys)), OTHER)
+
+
+def family_table(kernels: list[tuple[str, float]], steps: int) -> list[tuple[str, float, float, float]]:
+    """(family, µs per step, kernels per step, share of the kernel time) from (name, µs) pairs of `steps` steps,
+    largest first."""
+    time, count = collections.Counter(), collections.Counter()
+    for name, micros in kernels:
+        family = kernel_family(name)
+        time[family] += micros
+        count[family] += 1
+    total = sum(time.values()) or 1.0
+    return [(f, time[f] / steps, count[f] / steps, time[f] / total) for f, _ in time.most_common()]
+
+
+def profile_steps(engine: LLMEngine, batch: int, context: int, steps: int) -> list[tuple[str, float]]:
+    """Kernels (name, µs) of `steps` steady decode steps: `batch` requests of `context` cached tokens each, one
+    32-token block at threshold 1, profiled once every request has run a step."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    prompts = [random_prompt(engine, context, seed) for seed in range(batch)]
+    params = SamplingParams(temperature=0, max_tokens=BLOCK, ignore_eos=True, threshold=1.0)
+    for prompt in prompts:
+        engine.add_request(prompt, params)
+    while not (engine.scheduler.running and all(r.nfe >= 1 for r in engine.scheduler.running)
+               and len(engine.scheduler.running) == batch):
+        engine.step()
+    engine.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+    while engine.has_work():
+        engine.step()
+    return [(e.name, e.device_time) for e in prof.events() if e.device_type == DeviceType.CUDA]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", default="1,64")
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    model_dir = write_shape_dir(tempfile.mkdtemp(prefix="dlx-shape-"), "mini", None)
+    longest = args.context + 2 * BLOCK
+    cfg = Config(model=model_dir, load_format="dummy", device="cuda", dtype="bfloat16", max_model_len=longest,
+                 max_num_reqs=max(batches), max_num_batched_tokens=max(longest, max(batches) * 2 * BLOCK),
+                 num_kv_pages=max(batches) * (longest // BLOCK + 1) + 64).finalize()
+    engine = LLMEngine(cfg)
+    print(f"\nGPU time of a steady engine step on {torch.cuda.get_device_name()}: LLaDA2.0-mini shape, bf16, dummy "
+          f"weights, CUDA graphs {'on' if cfg.cuda_graphs else 'off'}, context {args.context}, {args.steps} steps "
+          f"profiled; torch {torch.__version__}")
+    for batch in batches:
+        rows = family_table(profile_steps(engine, batch, args.context, args.steps), args.steps)
+        print(f"\nbatch {batch}: {sum(r[1] for r in rows) / 1e3:.2f} ms of kernels a step\n")
+        print("| kernel family | µs per step | kernels per step | share |")
+        print("|---|---|---|---|")
+        for family, micros, count, share in rows:
+            print(f"| {family} | {micros:.0f} | {count:.0f} | {share:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
