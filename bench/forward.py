@@ -4,7 +4,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
@@ -13,7 +12,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from dlx.config import Config  # noqa: E402
 from dlx.engine.engine import LLMEngine  # noqa: E402
 from dlx.engine.reference import DecodeSettings, choose_tokens  # noqa: E402
 from dlx.kernels.attention import AttentionMetadata  # noqa: E402
@@ -21,18 +19,10 @@ from dlx.models.dummy import BALANCE_METHOD, chosen_experts  # noqa: E402
 from dlx.models.lora import LoRAAdapter, base_linear_shapes  # noqa: E402
 from dlx.models.lora_layers import attach_adapters  # noqa: E402
 from dlx.models.moe import SparseMoE  # noqa: E402
-from dlx.models.shapes import write_shape_dir  # noqa: E402
 from dlx.params import SamplingParams  # noqa: E402
 from kernel_bench import busy_ms, event_times  # noqa: E402
 from read_ceiling import read_ceiling_ms  # noqa: E402
-
-BLOCK = 32
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
+from step_engine import BLOCK, capture, random_prompt, shape_engine, step_kernels, sync  # noqa: E402
 
 def events_ms(fn, iters: int = 5) -> float:
     """Fastest of iters runs of fn, CUDA events around each."""
@@ -61,13 +51,6 @@ def step_bytes(model: torch.nn.Module, distinct: list[int], tokens: int, kv_toke
     layout = model.kv_layout()
     itemsize = torch.empty((), dtype=layout.dtype).element_size()
     return total + layout.page_bytes(1) * kv_tokens + 2 * logit_rows * model.config.vocab_size * itemsize
-
-
-def random_prompt(engine: LLMEngine, length: int, seed: int) -> list[int]:
-    """Random token ids, none of them the mask or EOS token (a prompt holding a mask would be decoded into)."""
-    ids = torch.randint(0, engine.vocab_size, (length,), generator=torch.Generator().manual_seed(seed))
-    special = torch.tensor([t for t in (engine.mask_id, engine.eos_id) if t is not None])
-    return torch.where(torch.isin(ids, special), (ids + 1) % engine.vocab_size, ids).tolist()
 
 
 class GpuWait:
@@ -107,9 +90,11 @@ def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int,
             steady = all(req.nfe >= 1 for req in running) and len(running) == batch and engine.scheduler.running
             if r and steady and not distinct:
                 graphs, engine.runner.graphs = engine.runner.graphs, None   # a replay calls no Python hook
-                with chosen_experts(engine.model) as chosen:   # counted on an untimed step: unique() syncs
-                    engine.step()
-                engine.runner.graphs = graphs
+                try:
+                    with chosen_experts(engine.model) as chosen:   # counted on an untimed step: unique() syncs
+                        engine.step()
+                finally:
+                    engine.runner.graphs = graphs
                 distinct = [int(chosen[i].unique().numel()) for i in sorted(chosen)]
                 continue
             if r and steady and len(busy) < 3 and torch.cuda.is_available():
@@ -136,13 +121,7 @@ def measure(engine: LLMEngine, batch: int, context: int, rounds: int, seed: int,
 
 def profiled_step(engine: LLMEngine) -> tuple[float, int]:
     """GPU-busy milliseconds (kernel intervals' union) and kernel count of one engine step."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        engine.step()
-        sync()
-    kernels = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
-               if e.device_type == DeviceType.CUDA]
+    kernels = step_kernels(engine)
     return busy_ms([kernels]), len(kernels)
 
 
@@ -173,10 +152,10 @@ def attach_random_adapter(engine: LLMEngine, rank: int) -> str:
     return f"rank {rank} on {len(pairs)} linear layers"
 
 
-def lora_rows(engine: LLMEngine, cfg: Config, rows: list, base: dict, rounds: int, rank: int) -> None:
+def lora_rows(engine: LLMEngine, rows: list, base: dict, rounds: int, rank: int) -> None:
     """The base model's steps beside the same steps with a run-time adapter on every row."""
     what = attach_random_adapter(engine, rank)
-    graphs = engine.runner.use_graphs(cfg.max_num_reqs, cfg.buffer_size, cfg.max_model_len)[0]
+    graphs = capture(engine)[0]
     print(f"\nRun-time LoRA adapter ({what}), every request using it; {graphs} CUDA graphs\n")
     print("| batch | context | base step ms | with adapter ms | ratio |")
     print("|---|---|---|---|---|")
@@ -202,20 +181,15 @@ def main() -> None:
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     contexts = [int(c) for c in args.contexts.split(",")]
-    model_dir = write_shape_dir(tempfile.mkdtemp(prefix="dlx-shape-"), args.shape, args.layers)
-    longest = max(contexts) + 2 * BLOCK
-    pages = max(batches) * (longest // BLOCK + 1) + 64
     started = time.perf_counter()
-    cfg = Config(model=model_dir, load_format="dummy", device="cuda", dtype="bfloat16", max_model_len=longest,
-                 max_num_reqs=max(batches), max_num_batched_tokens=max(longest, max(batches) * 2 * BLOCK),
-                 num_kv_pages=pages, enforce_eager=True).finalize()
-    engine = LLMEngine(cfg)
+    engine = shape_engine(args.shape, args.layers, batches, max(contexts) + 2 * BLOCK)
+    cfg = engine.cfg
     load_s = time.perf_counter() - started
     bandwidth = read_bandwidth()
     naive = {c: naive_step_ms(engine, c) for c in (int(x) for x in args.naive_contexts.split(",") if x)}
     rows = [(batch, context) for context in contexts for batch in batches]
     eager = {row: measure_row(engine, *row, args.rounds) for row in rows}   # first: no graph is captured yet
-    graphs, capture_s = engine.runner.use_graphs(cfg.max_num_reqs, cfg.buffer_size, cfg.max_model_len)
+    graphs, capture_s = capture(engine)
     print(f"\nEngine step on {torch.cuda.get_device_name()} — LLaDA2.0-{args.shape} shape"
           f"{f' cut to {args.layers} layers' if args.layers else ''}, bf16, dummy weights loaded in {load_s:.1f} s; "
           f"{BALANCE_METHOD}; read bandwidth {bandwidth / 1e12:.2f} TB/s (a kernel that only reads 4 GiB); "
@@ -243,7 +217,7 @@ def main() -> None:
               f"| {min(d)}–{max(d)}, {statistics.mean(d):.0f} | {base} |", flush=True)
     if args.lora_rank:
         lora = [(int(b), contexts[0]) for b in args.lora_batches.split(",") if (int(b), contexts[0]) in graphed]
-        lora_rows(engine, cfg, lora, graphed, args.rounds, args.lora_rank)
+        lora_rows(engine, lora, graphed, args.rounds, args.lora_rank)
 
 
 def measure_row(engine: LLMEngine, batch: int, context: int, rounds: int, lora: str | None = None) -> dict | str:

@@ -1,5 +1,5 @@
 """Fused-op benchmarks at LLaDA2.0-mini shapes: residual add + RMSNorm, qk norm + partial rotary, greedy argmax_prob;
-PyTorch (today's ops) vs Triton, bandwidth against device copy. A section of bench/kernel_bench.py, or run standalone."""
+PyTorch (today's ops) vs Triton, bandwidth against device copy. A section of bench/kernel_bench.py, or standalone."""
 import functools
 import importlib.util
 import sys

@@ -4,18 +4,15 @@ import argparse
 import collections
 import os
 import sys
-import tempfile
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from dlx.config import Config  # noqa: E402
 from dlx.engine.engine import LLMEngine  # noqa: E402
-from dlx.models.shapes import write_shape_dir  # noqa: E402
 from dlx.params import SamplingParams  # noqa: E402
-from forward import BLOCK, random_prompt  # noqa: E402
+from step_engine import BLOCK, random_prompt, shape_engine, step_kernels  # noqa: E402
 
 # First match wins: (family, substrings of the kernel name). Triton kernels carry their Python names.
 FAMILIES = [
@@ -51,8 +48,6 @@ def family_table(kernels: list[tuple[str, float]], steps: int) -> list[tuple[str
 def profile_steps(engine: LLMEngine, batch: int, context: int, steps: int) -> list[tuple[str, float]]:
     """Kernels (name, µs) of `steps` steady decode steps: `batch` requests of `context` cached tokens each, one
     32-token block at threshold 1, profiled once every request has run a step."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
     prompts = [random_prompt(engine, context, seed) for seed in range(batch)]
     params = SamplingParams(temperature=0, max_tokens=BLOCK, ignore_eos=True, threshold=1.0)
     for prompt in prompts:
@@ -61,14 +56,10 @@ def profile_steps(engine: LLMEngine, batch: int, context: int, steps: int) -> li
                and len(engine.scheduler.running) == batch):
         engine.step()
     engine.step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            engine.step()
-        torch.cuda.synchronize()
+    kernels = step_kernels(engine, steps)
     while engine.has_work():
         engine.step()
-    return [(e.name, e.device_time) for e in prof.events() if e.device_type == DeviceType.CUDA]
+    return [(name, end - start) for name, start, end in kernels]
 
 
 def main() -> None:
@@ -78,12 +69,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    model_dir = write_shape_dir(tempfile.mkdtemp(prefix="dlx-shape-"), "mini", None)
-    longest = args.context + 2 * BLOCK
-    cfg = Config(model=model_dir, load_format="dummy", device="cuda", dtype="bfloat16", max_model_len=longest,
-                 max_num_reqs=max(batches), max_num_batched_tokens=max(longest, max(batches) * 2 * BLOCK),
-                 num_kv_pages=max(batches) * (longest // BLOCK + 1) + 64).finalize()
-    engine = LLMEngine(cfg)
+    engine = shape_engine("mini", None, batches, args.context + 2 * BLOCK, eager=False)
+    cfg = engine.cfg
     print(f"\nGPU time of a steady engine step on {torch.cuda.get_device_name()}: LLaDA2.0-mini shape, bf16, dummy "
           f"weights, CUDA graphs {'on' if cfg.cuda_graphs else 'off'}, context {args.context}, {args.steps} steps "
           f"profiled; torch {torch.__version__}")

@@ -8,6 +8,7 @@ from dlx.config import Config
 from dlx.engine.engine import LLMEngine
 from dlx.engine.graphs import GraphPlan, logit_buckets, request_buckets
 from dlx.engine.step_io import StepBuffers, StepInputs
+from dlx.kernels import fused_impl
 from dlx.params import SamplingParams
 from test_engine import run
 from triton_support import DEVICE, ON_GPU, import_triton
@@ -68,7 +69,7 @@ def engine(tiny_dir, impl: str, graphs: bool, lora_path: str = "") -> LLMEngine:
     interpreter."""
     cfg = Config(model=tiny_dir, dtype="float32", device=DEVICE, max_model_len=64, block_size=8, page_size=8,
                  buffer_size=2, num_kv_pages=40, max_num_reqs=4, lora_path=lora_path).finalize(cuda_available=ON_GPU)
-    cfg.attn_impl, cfg.moe_impl = impl, "triton" if impl == "triton_grouped" else "naive"
+    cfg.attn_impl, cfg.moe_impl = impl, fused_impl(impl)
     cfg.enforce_eager = not graphs
     eng = LLMEngine(cfg)
     if graphs and not ON_GPU:

@@ -6,6 +6,7 @@ import torch
 
 from dlx.config import Config
 from dlx.engine.engine import LLMEngine
+from dlx.kernels import fused_impl
 from dlx.params import SamplingParams
 from dlx.models import load_model
 from test_engine import mixed_prompts, run
@@ -18,7 +19,7 @@ def engine_with(tiny_dir, impl: str, dtype: str, model=None) -> LLMEngine:
     cfg = Config(model=tiny_dir, dtype=dtype, device=DEVICE, max_model_len=256, buffer_size=2,
                  num_kv_pages=64).finalize(cuda_available=ON_GPU)
     # The CPU fallback picks naive; the interpreter runs the kernels anyway. MoE follows attention.
-    cfg.attn_impl, cfg.moe_impl = impl, "triton" if impl == "triton_grouped" else "naive"
+    cfg.attn_impl, cfg.moe_impl = impl, fused_impl(impl)
     return LLMEngine(cfg, model=model)
 
 
@@ -67,7 +68,7 @@ def test_bf16_logits_agree_on_the_embedded_model():
     meta = AttentionMetadata.single(len(ids), 32, "cuda")
     outs = {}
     for impl in ("naive", "triton_grouped"):
-        model.set_kernels(impl, "triton" if impl == "triton_grouped" else "naive")
+        model.set_kernels(impl, fused_impl(impl))
         outs[impl] = model.compute_logits(model(ids, torch.arange(len(ids), device="cuda"), meta))
     naive, fused = outs["naive"], outs["triton_grouped"]
     assert (naive - fused).abs().max() <= 0.1 * naive.abs().max()

@@ -121,7 +121,7 @@ class LLMEngine:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         scratch = self.make_runner(2)
-        scratch.use_graphs(self.cfg.max_num_reqs, self.cfg.buffer_size, self.cfg.max_model_len, plan_only=True)
+        scratch.use_graphs(self.cfg.max_num_reqs, self.cfg.buffer_size, self.cfg.max_model_len, capture=False)
         scratch.graphs.run_largest()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base

@@ -112,7 +112,7 @@ class StepGraphs:
             self.bodies[(requests, rows)] = self.capture(lambda r=requests, n=rows: self.body(r, n), requests, rows, 1)
         for count in sorted(self.plan.logit_rows, reverse=True):
             self.heads[count] = self.capture(lambda k=count: self.head(k), 1, 1, count)
-        if self.on_gpu:
+        if self.capturing:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()   # the warm-ups' blocks: what stays reserved is the graphs' pool
         return len(self.bodies) + len(self.heads), time.perf_counter() - started
@@ -126,10 +126,10 @@ class StepGraphs:
         self.head(count)
 
     def capture(self, forward: Callable[[], None], requests: int, rows: int, logit_rows: int) -> Callable[[], None]:
+        if not self.capturing:   # run() loads each step's inputs before calling it
+            return forward
         # Inputs of an empty batch: every row padding, every request empty, so the warm-up reads no page.
         self.buffers.load(StepInputs.empty(), requests=requests, rows=rows, logit_rows=logit_rows)
-        if not self.capturing:
-            return forward
         forward()   # warm-up: compiles every kernel variant outside the capture
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):

@@ -27,16 +27,16 @@ class ModelRunner:
         self.graphs: StepGraphs | None = None
 
     def use_graphs(self, max_requests: int, buffer_size: int, max_context_len: int,
-                   capture: bool = True, plan_only: bool = False) -> tuple[int, float]:
+                   capture: bool = True) -> tuple[int, float]:
         """Run decode steps through the graphs' buckets (they need the Triton attention, whose launch shapes come
         from the buckets); returns (graphs, seconds). capture False runs each bucket's function uncaptured (the
-        same shapes and so the same tokens: --enforce-eager); plan_only builds nothing (to measure memory)."""
+        same shapes and so the same tokens: --enforce-eager)."""
         if self.sampling_impl != "triton":
             raise ValueError("CUDA graphs need --attn-impl triton_grouped")
         plan = GraphPlan.build(max_requests, self.block_size, buffer_size, self.buffers.rows)
         self.graphs = StepGraphs(self.model, self.buffers, plan, max_context_len, self.mask_id, self.sampling_impl,
                                  capture)
-        return (0, 0.0) if plan_only else self.graphs.capture_all()
+        return self.graphs.capture_all()
 
     @torch.no_grad()
     def run(self, batch: list[Request], plans: dict[str, StepPlan], positions: list[list[int]]) -> LogitRows:
@@ -56,7 +56,7 @@ class ModelRunner:
         meta = AttentionMetadata(dev.cu_seqlens, dev.context_lens, dev.page_tables, dev.slots, self.block_size,
                                  inputs.query_lens, inputs.context_lens)
         if self.model.lora_rows is not None:   # run-time LoRA adapters
-            self.model.lora_rows.set(dev.adapters, self.model.kv_layout().dtype)
+            self.model.lora_rows.set(dev.adapters, self.kv_cache.dtype)
         hidden = self.model(dev.ids, dev.positions, meta)
         logits = self.model.compute_logits(hidden.index_select(0, dev.logit_rows))
         return LogitRows(logits, *argmax_prob(logits, self.mask_id, self.sampling_impl))

@@ -35,7 +35,7 @@ def gather_inputs(batch: list[Request], plans: dict[str, StepPlan], wanted: list
     """Flatten the batch: each request's rows [plan.start, plan.end), stored up to plan.store_end, and the
     logits of the positions in `wanted` (one list per request)."""
     inputs = StepInputs.empty()
-    offset = 0
+    offset, with_adapters = 0, any(req.adapter >= 0 for req in batch)   # without, the buffers pad adapters to -1
     for req, positions in zip(batch, wanted):
         plan = plans[req.rid]
         inputs.ids += req.tokens[plan.start:plan.end]
@@ -47,7 +47,8 @@ def gather_inputs(batch: list[Request], plans: dict[str, StepPlan], wanted: list
         inputs.context_lens.append(plan.start)
         inputs.tables.append(pages)
         inputs.logit_rows += [offset + p - plan.start for p in positions]
-        inputs.adapters += [req.adapter] * (plan.end - plan.start)
+        if with_adapters:
+            inputs.adapters += [req.adapter] * (plan.end - plan.start)
         offset += plan.end - plan.start
     return inputs
 

@@ -169,8 +169,10 @@ class EngineClient:
             if time.monotonic() - checked > GENERATION_CHECK_S:
                 checked = time.monotonic()
                 generation = (self.board.read(1 + group) or {}).get("generation")
-                self.lose(channel, [h for h in self.inflight.values() if h.channel is channel
-                                    and None not in (h.generation, generation) and h.generation != generation])
+                stale = [h for h in self.inflight.values() if h.channel is channel
+                         and None not in (h.generation, generation) and h.generation != generation]
+                if stale:   # lose() also drops the group's readiness, which a healthy group keeps
+                    self.lose(channel, stale)
             if msg is None:   # a quiet second: sleep long unless a request of ours is in flight
                 if not any(h.channel is channel for h in self.inflight.values()):
                     channel.sleep_until_incoming(IDLE_READER_S)

@@ -45,9 +45,9 @@ class Decoding:
         if len(region) > self.open_end and self.all_stable:
             self.clean = self.open_end
         self.open_end, self.all_stable = len(region), stable >= len(region)
-        # Tokens once stable never change, not even when a restarted engine decodes them again.
-        committed = self.region[:self.stable]
-        self.region = committed + region[len(committed):] if committed else region
+        # Tokens once stable never change, not even when a restarted engine decodes them again (one engine never
+        # changes them, so only a request resumed after a step needs the merge).
+        self.region = self.region[:self.stable] + region[self.stable:] if self.resumed_after_step else region
         self.stable, self.nfe = max(self.stable, stable), self.nfe_base + msg["nfe"]
         if self.first_step_at is None:
             self.first_step_at = time.monotonic()

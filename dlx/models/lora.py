@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from dlx.models.llada2 import LLaDA2Config
-from dlx.models.llada2_weights import checkpoint_shapes, expected_names
+from dlx.models.llada2_weights import checkpoint_shapes
 from dlx.params import LINEAR_LEAVES, lora_scale, read_adapter_config
 
 TENSOR_NAME = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
@@ -62,6 +62,5 @@ def read_adapter(path: str, cfg: LLaDA2Config, name: str = "") -> LoRAAdapter:
 
 def base_linear_shapes(cfg: LLaDA2Config) -> dict[str, tuple[int, int]]:
     """(out, in) of every linear layer an adapter may target, by checkpoint module name."""
-    shapes = checkpoint_shapes(cfg)
-    return {n[:-len(".weight")]: shapes[n] for n in expected_names(cfg)
+    return {n[:-len(".weight")]: shape for n, shape in checkpoint_shapes(cfg).items()
             if n.endswith(".weight") and n.rsplit(".", 2)[-2] in LINEAR_LEAVES}

@@ -90,10 +90,12 @@ class LoRAWeights:
     then through all B: two GEMMs per layer whatever the mix, no grouping by adapter."""
 
     def __init__(self, rows: LoRARows, a: torch.Tensor, b: torch.Tensor):
-        self.rows, self.a, self.b = rows, a, b
-        if a.dim() == 3:   # a linear layer: flattened once to [N*R, in] and [out, N*R]
+        self.rows = rows
+        if a.dim() == 3:   # a linear layer: kept only flattened, to [N*R, in] and [out, N*R]
             self.a_flat = a.reshape(-1, a.shape[-1])
             self.b_flat = b.permute(1, 0, 2).reshape(b.shape[1], -1).contiguous()
+        else:              # routed experts [N, E, ...]: the fused MoE kernels read the stacks as they are
+            self.a, self.b = a, b
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """y + each row's adapter applied to x (a linear layer)."""

@@ -1,7 +1,5 @@
 """Tiny random DiffusionGemma checkpoints in real Hugging Face layout, written by transformers' own classes.
-`python -m dlx.models.tiny_gemma OUT_DIR [--seed N] [--dtype float32|bfloat16]` (needs transformers >= 5.11)."""
-import argparse
-
+From the command line: `python -m dlx.models.tiny OUT_DIR --family diffusion_gemma` (needs transformers >= 5.11)."""
 import torch
 
 # Two sliding and two full-attention layers; a window (8) shorter than the canvas (16) and than long prompts, so
@@ -67,15 +65,3 @@ def write_tiny_diffusion_gemma(out_dir: str, seed: int = 0, dtype: str = "float3
     model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]).save_pretrained(out_dir)
     return out_dir
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    args = parser.parse_args()
-    print(write_tiny_diffusion_gemma(args.out_dir, args.seed, args.dtype))
-
-
-if __name__ == "__main__":
-    main()
