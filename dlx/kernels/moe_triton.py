@@ -4,33 +4,10 @@ import torch
 import triton
 import triton.language as tl
 
+from dlx.kernels.moe_align import align_by_expert_triton
 from dlx.kernels.moe_lora import MoELoRA, _lora_down_project, _lora_up_project, _row_adapters, lora_args
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-
-
-def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, ...]:
-    """Group the T*K (token, slot) pairs by expert, each expert's rows padded to whole BLOCK_M-row blocks, with
-    torch ops whose sizes depend on shapes only: nothing waits for the host, so a CUDA graph can hold it.
-    Returns (order, bounds, block_ends, block_experts, num_blocks):
-      order [T*K]         pair indices (token * K + slot, int64) sorted by expert, stable;
-      bounds [E+1]        expert e's pairs are order[bounds[e]:bounds[e+1]];
-      block_ends [E]      blocks of experts 0..e together (the padded layout: expert e owns blocks
-                          block_ends[e] - cdiv(count, BLOCK_M) .. block_ends[e] - 1);
-      block_experts [B]   the expert of each block, B the worst case; past the valid blocks it is E;
-      num_blocks [1]      how many blocks are valid (a device tensor; programs beyond it return at once).
-    Padding is virtual: a block's kernels find their pairs from bounds, so no padded index array is built."""
-    num_pairs = topk_ids.numel()
-    sorted_experts, order = topk_ids.reshape(-1).to(torch.int32).sort(stable=True)
-    experts = torch.arange(num_experts + 1, dtype=torch.int32, device=topk_ids.device)
-    bounds = torch.searchsorted(sorted_experts, experts, out_int32=True)
-    blocks = (bounds.diff() + (block_m - 1)).div_(block_m, rounding_mode="floor")
-    block_ends = blocks.cumsum(0, dtype=torch.int32)
-    # Every non-empty expert wastes fewer than BLOCK_M rows and at most min(E, T*K) experts are non-empty.
-    max_blocks = (num_pairs + min(num_experts, num_pairs) * (block_m - 1)) // block_m
-    block_starts = torch.arange(max_blocks, dtype=torch.int32, device=topk_ids.device)
-    block_experts = torch.searchsorted(block_ends, block_starts, right=True, out_int32=True)
-    return order, bounds, block_ends, block_experts, block_ends[-1:]
 
 
 @triton.jit
@@ -107,10 +84,10 @@ def _down_kernel(h_ptr, w2_ptr, slots_ptr, weights_ptr, order_ptr, bounds_ptr, b
                  token_adapter_ptr, a_ptr, b_ptr, stride_an, stride_ae, stride_ar, stride_bn, stride_be, stride_brow,
                  HIDDEN: tl.constexpr, INTER: tl.constexpr, TOP_K: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                 NUM_ADAPTERS: tl.constexpr, RANK: tl.constexpr, RANK_PAD: tl.constexpr):
+                 NUM_ADAPTERS: tl.constexpr, RANK: tl.constexpr, RANK_PAD: tl.constexpr, SHARED: tl.constexpr):
     """Program (block, column tile): slots[pair, cols] = routing weight(pair) * (h[block rows] @ w2[cols]^T),
     each (token, slot) pair's row written exactly once (no atomics). With adapters, each row's LoRA product of w2
-    is added before the routing weight."""
+    is added before the routing weight. With SHARED a token's last slot is the shared expert, of weight 1."""
     n_tiles = tl.cdiv(HIDDEN, BLOCK_N)
     block, n_tile = tl.program_id(0) // n_tiles, tl.program_id(0) % n_tiles
     if block >= tl.load(num_blocks_ptr):
@@ -140,7 +117,13 @@ def _down_kernel(h_ptr, w2_ptr, slots_ptr, weights_ptr, order_ptr, bounds_ptr, b
     if NUM_ADAPTERS > 0:
         acc = _lora_up_project(acc, xa, adapter, b_ptr, expert, cols, col_ok, stride_bn, stride_be, stride_brow,
                                NUM_ADAPTERS, RANK, RANK_PAD, DOT_DTYPE, DOT_PRECISION)
-    weight = tl.load(weights_ptr + pair, mask=row_ok, other=0.0).to(tl.float32)
+    if SHARED:   # TOP_K counts the shared slot; the router's weights have TOP_K - 1 columns
+        slot = pair % TOP_K
+        routed = slot < TOP_K - 1
+        weight = tl.load(weights_ptr + (pair // TOP_K) * (TOP_K - 1) + slot, mask=row_ok & routed, other=0.0)
+        weight = tl.where(routed, weight.to(tl.float32), 1.0)
+    else:
+        weight = tl.load(weights_ptr + pair, mask=row_ok, other=0.0).to(tl.float32)
     tl.store(slots_ptr + pair[:, None] * stride_slots + cols[None, :],
              (acc * weight[:, None]).to(slots_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
@@ -177,21 +160,27 @@ def choose_tiles(num_pairs: int, num_experts: int, hidden: int, inter: int, dtyp
 
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,
-              topk_weights: torch.Tensor, lora: MoELoRA | None = None) -> torch.Tensor:
+              topk_weights: torch.Tensor, lora: MoELoRA | None = None, shared: bool = False) -> torch.Tensor:
     """Same contract as moe_reference: x [T, H]; w13 [E, 2I, H] (gate rows then up rows); w2 [E, H, I];
     topk_ids/topk_weights [T, K]. Returns [T, H] in x.dtype. Launch sizes depend on shapes only.
-    `lora`: run-time adapters per token row, what moe_reference's `delta` adds (see MoELoRA)."""
+    `lora`: run-time adapters per token row, what moe_reference's `delta` adds (see MoELoRA).
+    `shared`: the last expert of w13 and w2 is a shared expert every token also goes through with weight 1 (the
+    router's ids name the others), so the layer's shared MLP rides in the same grouped GEMMs."""
+    if shared and lora is not None:
+        raise ValueError("run-time LoRA adapters cover the routed experts only: run the shared expert apart")
     x = x if x.stride(-1) == 1 else x.contiguous()
     w13 = w13 if w13.stride(-1) == 1 else w13.contiguous()
     w2 = w2 if w2.stride(-1) == 1 else w2.contiguous()
-    (num_tokens, top_k), (num_experts, double_inter, hidden) = topk_ids.shape, w13.shape
-    inter, num_pairs = double_inter // 2, topk_ids.numel()
+    (num_tokens, routed_k), (num_experts, double_inter, hidden) = topk_ids.shape, w13.shape
+    top_k = routed_k + shared   # slots per token
+    inter, num_pairs = double_inter // 2, num_tokens * top_k
     out = torch.empty(num_tokens, hidden, dtype=x.dtype, device=x.device)
     if num_pairs == 0:
         return out.zero_()
     tiles = choose_tiles(num_pairs, num_experts, hidden, inter, x.dtype)
     block_m = tiles["gate_up"]["BLOCK_M"]
-    routing = align_by_expert(topk_ids, num_experts, block_m)  # (order, bounds, block_ends, block_experts, num_blocks)
+    # (order, bounds, block_ends, block_experts, num_blocks)
+    routing = align_by_expert_triton(topk_ids, num_experts, block_m, shared)
     max_blocks = len(routing[3])
     # Triton's interpreter (3.6 to 3.9) multiplies bf16 as raw uint16 bits, so CPU runs do their MMAs in fp32.
     dot_dtype = tl.float32 if x.device.type == "cpu" else _TL_DTYPES[x.dtype]
@@ -208,7 +197,7 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     _down_kernel[(max_blocks * triton.cdiv(hidden, down["BLOCK_N"]),)](
         h, w2, slots, topk_weights.reshape(-1).contiguous(), *routing, h.stride(0), w2.stride(0), w2.stride(1),
         slots.stride(0), *lora2, HIDDEN=hidden, INTER=inter, TOP_K=top_k, DOT_DTYPE=dot_dtype,
-        DOT_PRECISION=precision, **down, **rank2)
+        DOT_PRECISION=precision, SHARED=shared, **down, **rank2)
     block_h = min(1024, triton.next_power_of_2(hidden))
     _sum_slots_kernel[(num_tokens, triton.cdiv(hidden, block_h))](
         slots, out, slots.stride(0), out.stride(0), HIDDEN=hidden, TOP_K=top_k, BLOCK_H=block_h, num_warps=4)
