@@ -93,13 +93,19 @@ def test_greedy_resumption_retraces_the_uninterrupted_run(tiny_dir, tiny_model, 
 def test_a_repetition_run_may_begin_in_the_kept_tokens():
     params = SamplingParams(temperature=0, max_tokens=8, max_repetition_run=3)
 
-    def request(prompt: list[int], resumed: int) -> Request:
-        return Request(prompt, params, block_size=4, max_model_len=64, mask_id=0, eos_id=None,
-                       resumption=Resumption(resumed))
-    assert repetition_end(request([5, 6, 9, 9], resumed=2), [9, 1, 1, 1], 4) == 1
-    assert repetition_end(request([5, 9, 9, 9], resumed=1), [9, 2], 2) is None   # the prompt's own 9s do not count
-    assert repetition_end(request([5, 9, 9, 9], resumed=0), [9, 2, 2], 3) is None
-    assert repetition_end(request([5, 6, 7, 9], resumed=3), [9, 9, 3], 1) is None   # the run is not stable yet
+    def request(prompt: list[int], resumed: int, generated: list[int]) -> Request:
+        req = Request(prompt, params, block_size=4, max_model_len=64, mask_id=0, eos_id=None,
+                      resumption=Resumption(resumed))
+        req.tokens[len(prompt):len(prompt) + len(generated)] = generated
+        return req
+    assert repetition_end(request([5, 6, 9, 9], 2, [9, 1, 1, 1]), 4) == 1
+    assert repetition_end(request([5, 9, 9, 9], 1, [9, 2]), 2) is None   # the prompt's own 9s do not count
+    assert repetition_end(request([5, 9, 9, 9], 0, [9, 2, 2]), 3) is None
+    assert repetition_end(request([5, 6, 7, 9], 3, [9, 9, 3]), 1) is None   # the run is not stable yet
+    # Checked step after step as tokens become stable, the run is found where one check over all finds it.
+    req = request([5, 6, 7, 8], 0, [1, 2, 2, 4, 4, 4, 4])
+    assert [repetition_end(req, stable) for stable in (2, 3, 5)] == [None, None, None]
+    assert repetition_end(req, 7) == 6
 
 
 @pytest.mark.parametrize("seed", [7, None])

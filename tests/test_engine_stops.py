@@ -88,3 +88,23 @@ def test_bad_requests_are_refused(engine):
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=-1)
     assert not engine.has_work()
+
+
+def test_stop_scans_resume_and_agree_with_one_scan_over_everything():
+    """Stop tokens and the filled prefix are found by scans that resume where the last one ended; checked as a
+    request's stable prefix grows they give what one scan over the whole output gives."""
+    from dlx.engine.request import Request
+    params = SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[7])
+    req = Request([3, 4, 5], params, block_size=4, max_model_len=64, mask_id=0, eos_id=2)
+    req.tokens[3:13] = [9, 9, 1, 1, 8, 8, 7, 2, 0, 0]   # a stop (7) at 6, EOS (2) at 7, masks from 8
+    req.next_block = 4   # blocks 0-3 activated: positions up to 16
+    assert [req.first_stop(stable) for stable in (2, 4, 6)] == [None, None, None]
+    assert req.first_stop(8) == 6 and req.stop_token_seen()
+    assert [req.filled_prefix_len() for _ in range(2)] == [8, 8]
+    req.tokens[11] = 5
+    assert req.filled_prefix_len() == 9
+    quiet = Request([3, 4, 5], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), block_size=4,
+                    max_model_len=64, mask_id=0, eos_id=2)
+    quiet.tokens[3:8] = [2, 2, 2, 2, 2]
+    quiet.next_block = 2
+    assert quiet.first_stop(5) is None and not quiet.stop_token_seen()   # EOS ignored: no stop at all

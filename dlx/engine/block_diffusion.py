@@ -18,8 +18,7 @@ def block_positions(req: Request, b: int) -> range:
 
 def unmasked_prefix_len(req: Request) -> int:
     """Generated tokens before the first mask."""
-    gen = req.generated()
-    return gen.index(req.mask_id) if req.mask_id in gen else len(gen)
+    return req.filled_prefix_len()
 
 
 class FillMasks:
@@ -98,7 +97,7 @@ class BlockDiffusion:
     def activate_next_block(self, req: Request) -> int | None:
         """At most one new block per step: when the buffer has room and the last block is far enough."""
         active = req.active_blocks()
-        span = max(req.block_steps) - min(active) + 1 if active else 0
+        span = req.next_block - min(active) if active else 0   # the last activated block is next_block - 1
         can_add = req.next_block * req.B < req.canvas_end and not req.stop_token_seen() and span < self.buffer_size
         if can_add and (not active or req.progress(req.next_block - 1) >= self.add_block_threshold):
             b = req.next_block

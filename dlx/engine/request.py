@@ -42,6 +42,17 @@ class Request:
         self.settled: set[int] = set()             # filled blocks that will not change again (the policy says when)
         self.filled_at: dict[int, int] = {}        # edit mode: block → its step count when masks ran out
         self.next_block = self.prompt_len // block_size
+        # Scans that resume where they ended, so a step's bookkeeping does not grow with the output's length:
+        # the first block that may be open, generated tokens before the first mask (committed tokens never turn
+        # back into masks), and leading stable tokens known to hold no stop token (stable ones never change).
+        self.first_open = self.next_block
+        self.filled = 0
+        self.stop_free = 0
+        self.repetition: tuple[int, int, int | None] | None = None   # (tokens checked, run length, last token)
+        stops = set(params.stop_token_ids)
+        if not params.ignore_eos and eos_id is not None:
+            stops.add(eos_id)
+        self.stops = frozenset(stops)
         self.stored = 0                            # tokens whose KV is in this request's pages
         self.pages: list[int] = []
         self.page_hashes: list[bytes] = []
@@ -67,21 +78,42 @@ class Request:
         return 1.0 if b < self.prompt_len // self.B else 1.0 - self.block_masks(b) / self.B
 
     def active_blocks(self) -> list[int]:
-        return [b for b in self.block_steps if not self.block_done(b)]
+        """Activated blocks not yet done, in order. Blocks are activated one after another (block_steps' keys run
+        up to next_block - 1) and a done block stays done, so only those from the first open one are looked at."""
+        while self.first_open < self.next_block and self.block_done(self.first_open):
+            self.first_open += 1
+        return [b for b in range(self.first_open, self.next_block) if not self.block_done(b)]
+
+    def filled_prefix_len(self) -> int:
+        """Generated tokens before the first mask."""
+        start = self.prompt_len + self.filled
+        try:
+            end = self.tokens.index(self.mask_id, start, self.gen_end)
+        except ValueError:
+            end = self.gen_end
+        self.filled = end - self.prompt_len
+        return self.filled
 
     # ---- stop tokens ------------------------------------------------------------------------------
     def generated(self) -> list[int]:
         return self.tokens[self.prompt_len:self.gen_end]
 
-    def stop_ids(self) -> set[int]:
-        ids = set(self.params.stop_token_ids)
-        if not self.params.ignore_eos and self.eos_id is not None:
-            ids.add(self.eos_id)
-        return ids
+    def stop_ids(self) -> frozenset[int]:
+        return self.stops
+
+    def first_stop(self, stable: int) -> int | None:
+        """Index of the first stop token among the first `stable` generated tokens, if any."""
+        if self.stops:
+            for i in range(self.prompt_len + self.stop_free, self.prompt_len + stable):
+                if self.tokens[i] in self.stops:
+                    return i - self.prompt_len
+        self.stop_free = max(self.stop_free, stable)
+        return None
 
     def stop_token_seen(self) -> bool:
-        stops = self.stop_ids()
-        return bool(stops) and any(t in stops for t in self.generated())
+        """A stop token anywhere in the generated tokens (stable or not); past the activated blocks all are masks."""
+        end = min(self.gen_end, self.next_block * self.B)
+        return bool(self.stops) and any(t in self.stops for t in self.tokens[self.prompt_len + self.stop_free:end])
 
     # ---- timing (engine clock) -------------------------------------------------------------------------
     def start_timing(self) -> dict:

@@ -51,33 +51,38 @@ class DecodingStrategy(Protocol):
 def finish_by_stop_rules(req: Request, stable: int) -> bool:
     """The stop rules every strategy shares, over the first `stable` generated tokens: a stop token, the whole
     length decided, a repetition run, the forward limit. Finishes the request and returns True when one holds."""
-    gen, stops = req.generated(), req.stop_ids()
-    cut = next((i for i, t in enumerate(gen[:stable]) if t in stops), None)
+    cut = req.first_stop(stable)   # each check reads only what became stable since the last one
     if cut is not None:
-        return req.finish("stop", gen[:cut])
-    if stable == len(gen):
-        return req.finish("length", gen)
-    run_end = repetition_end(req, gen, stable)
+        return req.finish("stop", req.generated()[:cut])
+    if stable == req.gen_end - req.prompt_len:
+        return req.finish("length", req.generated())
+    run_end = repetition_end(req, stable)
     if run_end is not None:
-        return req.finish("repetition", gen[:run_end])
+        return req.finish("repetition", req.generated()[:run_end])
     if req.params.max_nfe and req.nfe >= req.params.max_nfe:
-        return req.finish("max_nfe", gen[:stable])
+        return req.finish("max_nfe", req.generated()[:stable])
     return False
 
 
-def repetition_end(req: Request, gen: list[int], stable: int) -> int | None:
-    """End of the first run of `max_repetition_run` identical stable tokens, if any; a resumed request's run may
-    have begun in the output it generated before."""
+def repetition_end(req: Request, stable: int) -> int | None:
+    """End of the first run of `max_repetition_run` identical tokens among the first `stable` generated ones, if
+    any; a resumed request's run may have begun in the output it generated before. The run's state is kept on
+    the request, so each call reads only the tokens that became stable since the last."""
     limit = req.params.max_repetition_run
     if not limit:
         return None
-    earlier = req.tokens[max(req.prompt_len - req.resumed, req.prompt_len - limit):req.prompt_len]
-    run = earlier + gen[:stable]
-    length = 0
-    for i in range(len(run)):
-        length = length + 1 if i and run[i] == run[i - 1] else 1
-        if length >= limit and i >= len(earlier):
-            return i + 1 - len(earlier)
+    if req.repetition is None:   # the run the resumed request's earlier output ends with
+        length, last = 0, None
+        for token in req.tokens[max(req.prompt_len - req.resumed, req.prompt_len - limit):req.prompt_len]:
+            length, last = (length + 1 if token == last else 1), token
+        req.repetition = (0, length, last)
+    checked, length, last = req.repetition
+    for i in range(checked, stable):
+        token = req.tokens[req.prompt_len + i]
+        length, last = (length + 1 if token == last else 1), token
+        if length >= limit:
+            return i + 1
+    req.repetition = (max(checked, stable), length, last)
     return None
 
 
