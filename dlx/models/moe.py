@@ -43,12 +43,11 @@ class Router(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """fp32 router logits; a dummy model adds its fixed offset per batch row (row i gets row_jitter[i])."""
-        logits = F.linear(x.float(), self.weight_fp32())
         if self.row_jitter is None:
-            return logits
+            return F.linear(x.float(), self.weight_fp32())
         table, rows = self.row_jitter, len(x)
-        return logits + (table[:rows] if rows <= len(table) else
-                         table[torch.arange(rows, device=x.device) % len(table)])
+        offsets = table[:rows] if rows <= len(table) else table[torch.arange(rows, device=x.device) % len(table)]
+        return torch.addmm(offsets, x.float(), self.weight_fp32().t())   # the offset added inside the GEMM
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits(x)
