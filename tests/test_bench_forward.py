@@ -53,3 +53,11 @@ def test_step_profile_groups_kernels_into_families():
     assert kernel_family("void at::native::vectorized_elementwise_kernel<4, float>") == OTHER
     rows = family_table([("_gate_up_kernel", 30.0), ("_gate_up_kernel", 10.0), ("copy", 60.0)], steps=2)
     assert rows == [(OTHER, 30.0, 0.5, 0.6), ("MoE gate/up (grouped GEMM + SwiGLU)", 20.0, 1.0, 0.4)]
+    assert kernel_family("_place_kernel") == kernel_family("_count_kernel") == "MoE routing (sort, search, align)"
+
+
+def test_step_profile_splits_idle_time_into_launch_spacing_and_host_gaps():
+    from step_profile import gaps_us
+    kernels = [("a", 0.0, 10.0), ("b", 12.0, 20.0), ("c", 15.0, 30.0), ("d", 130.0, 140.0), ("e", 141.0, 150.0)]
+    assert gaps_us(kernels) == (3.0, 100.0)   # 2 + 1 µs between kernels, 100 µs while the host worked
+    assert gaps_us([]) == (0.0, 0.0)
