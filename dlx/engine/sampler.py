@@ -33,6 +33,24 @@ def sample_tokens(logits: torch.Tensor, req: Request) -> tuple[torch.Tensor, tor
 class Sampler:
     def __init__(self, mask_id: int):
         self.mask_id = mask_id   # never sampled
+        self.pinned: tuple[torch.Tensor, torch.Tensor] | None = None   # host landing buffers of the greedy choice
+
+    def greedy_to_host(self, rows: LogitRows) -> tuple[list[int], list[float]]:
+        """The runner's argmax tokens and probabilities as lists: from a GPU, two copies into pinned buffers and
+        one wait for both (converting int64 and fp32 host tensors to lists is several times cheaper than going
+        through one float64 tensor)."""
+        if rows.tokens.device.type != "cuda":
+            return rows.tokens.tolist(), rows.probs.tolist()
+        n = len(rows.tokens)
+        if self.pinned is None or len(self.pinned[0]) < n:
+            size = max(n, 2 * len(self.pinned[0]) if self.pinned else 256)
+            self.pinned = (torch.empty(size, dtype=torch.int64, pin_memory=True),
+                           torch.empty(size, dtype=torch.float32, pin_memory=True))
+        tokens, probs = self.pinned[0][:n], self.pinned[1][:n]
+        tokens.copy_(rows.tokens, non_blocking=True)
+        probs.copy_(rows.probs, non_blocking=True)
+        torch.cuda.current_stream().synchronize()
+        return tokens.tolist(), probs.tolist()
 
     @torch.no_grad()
     def choose(self, batch: list[Request], rows: LogitRows, sizes: list[int]) -> list[tuple[list, list]]:
@@ -42,12 +60,11 @@ class Sampler:
         chosen: list[tuple[list, list] | None] = [None] * len(batch)
         starts = [0, *itertools.accumulate(sizes)]   # request i owns rows starts[i]:starts[i + 1]
         if any(req.params.greedy for req in batch):
-            # One device-to-host copy; float64 holds every token id and fp32 probability exactly.
-            host_tokens, host_conf = torch.stack([rows.tokens.double(), rows.probs.double()]).tolist()
+            host_tokens, host_conf = self.greedy_to_host(rows)
             for i, req in enumerate(batch):
                 if req.params.greedy:
                     span = slice(starts[i], starts[i + 1])
-                    chosen[i] = ([int(t) for t in host_tokens[span]], host_conf[span])
+                    chosen[i] = (host_tokens[span], host_conf[span])
         for i, req in enumerate(batch):
             if chosen[i] is None:   # sampled: the request's own generator
                 logits = rows.logits[starts[i]:starts[i + 1]].to(torch.float32, copy=True)
