@@ -95,6 +95,9 @@ class Config:
             raise ConfigError(f"--decoding-strategy {self.decoding_strategy} does not decode model_type "
                               f"'{model_type}' (it takes {wanted})")
         self.decoding_strategy = wanted
+        if model_type == "diffusion_gemma" and (self.tensor_parallel_size > 1 or self.lora_path):
+            raise ConfigError("diffusion_gemma is served without tensor parallelism and LoRA adapters so far "
+                              "(--tensor-parallel-size 1, no --lora-path)")
         self.model_name = self.model_name or os.path.basename(os.path.normpath(self.model))
         self.api_key = self.api_key or os.environ.get("DLX_API_KEY") or None
         self._check_choices()

@@ -183,6 +183,8 @@ def test_decoding_strategy_must_be_the_familys(gemma_dir):
     assert Config(model=gemma_dir).finalize(cuda_available=False).decoding_strategy == "canvas"
     with pytest.raises(ConfigError, match="--decoding-strategy multi_bd does not decode model_type 'diffusion_gemma'"):
         Config(model=gemma_dir, decoding_strategy="multi_bd").finalize(cuda_available=False)
+    with pytest.raises(ConfigError, match="diffusion_gemma is served without tensor parallelism and LoRA"):
+        Config(model=gemma_dir, tensor_parallel_size=2).finalize(cuda_available=False)
 
 
 def test_llm_api_equals_generate(gemma_dir, model, references):
