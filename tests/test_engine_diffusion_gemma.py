@@ -187,6 +187,15 @@ def test_decoding_strategy_must_be_the_familys(gemma_dir):
         Config(model=gemma_dir, tensor_parallel_size=2).finalize(cuda_available=False)
 
 
+def test_a_checkpoint_without_tokenizer_or_mask_token_decodes(tmp_path, model):
+    """No tokenizer.json (so no <|mask|>): the engine still starts, its EOS from generation_config.json."""
+    bare = write_tiny_diffusion_gemma(str(tmp_path / "bare"), seed=0)
+    bare_model = load_model(bare, "float32")
+    prompt = prompt_of(7, bare_model.config.vocab_size)
+    ((req, _),) = run(make_engine(bare, bare_model), [prompt], [SamplingParams(seed=1, max_tokens=24, **STEPS)])
+    assert req.output == expected(bare_model, bare, prompt, 1, 24, **STEPS)
+
+
 def test_llm_api_equals_generate(gemma_dir, model, references):
     from dlx.llm import LLM
     llm = LLM(gemma_dir, dtype="float32")

@@ -50,6 +50,9 @@ class StepMetrics:
 def special_ids(cfg: Config) -> tuple[int, int | None]:
     mask = cfg.mask_token_id if cfg.mask_token_id is not None else cfg.hf_config.get("mask_token_id")
     mask = mask if mask is not None else token_id(cfg.model, MASK_TOKEN)
+    if mask is None and cfg.decoding_strategy == "canvas":
+        # A canvas has no mask token and never shows an undecided position: any real id fills the request's tail.
+        mask = cfg.model_setting("pad_token_id", 0)
     if mask is None:
         raise ValueError(f"no mask token found for {cfg.model}: pass --mask-token-id")
     eos = cfg.hf_config.get("eos_token_id")
