@@ -82,3 +82,20 @@ def test_block_append_streams_whole_canvases(server, model, gemma_dir):
 def test_other_samplers_fields_are_a_400(server):
     r = requests.post(server.url + "/generate", json={"prompt": [1, 2], "temperature": 0}, timeout=60)
     assert r.status_code == 400 and "DiffusionGemma does not take 'temperature'" in r.json()["error"]["message"]
+
+
+def test_openai_client_chat_and_completions(server, model, gemma_dir, tokenizer):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    messages = [{"role": "user", "content": "hello who are you"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    want = expected(model, gemma_dir, tokenizer.encode(text, add_special_tokens=False), 4, 24, **FIELDS)
+    chat = client.chat.completions.create(model="unused", messages=messages, seed=4, max_tokens=24, extra_body=FIELDS)
+    assert chat.choices[0].message.content == tokenizer.decode(want, skip_special_tokens=True)
+    chunks = list(client.chat.completions.create(model="unused", messages=messages, seed=4, max_tokens=24,
+                                                 extra_body=FIELDS, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat.choices[0].message.content
+    prompt = prompt_of(5, model.config.vocab_size)
+    comp = client.completions.create(model="unused", prompt=prompt, seed=6, max_tokens=16, extra_body=FIELDS)
+    assert comp.choices[0].text == tokenizer.decode(expected(model, gemma_dir, prompt, 6, 16, **FIELDS),
+                                                    skip_special_tokens=True)
