@@ -205,3 +205,6 @@ def test_llm_api_equals_generate(gemma_dir, model, references):
     params = [SamplingParams(seed=CASES[i][1], max_tokens=CASES[i][2], **fields_of(i)) for i in picked]
     completions = llm.generate(prompts, params, use_tqdm=False)
     assert [c.token_ids for c in completions] == [references[i] for i in picked]
+    events = list(llm.stream(prompts[0], params[0]))   # one canvas, six steps
+    assert events[-1].completion.token_ids == references[picked[0]] and not any(e.finished for e in events[:-1])
+    assert len({e.text for e in events}) > 2   # the canvas's text changes as it refines
