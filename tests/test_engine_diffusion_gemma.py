@@ -83,6 +83,18 @@ def references(model, gemma_dir):
             for i, (n, seed, m) in enumerate(CASES)]
 
 
+def test_one_forward_for_several_canvases_equals_one_each(model):
+    """decode_steps: canvases after prompts of different lengths, some self-conditioned, bit for bit decode_step's."""
+    vocab, gen = model.config.vocab_size, torch.Generator().manual_seed(0)
+    prompts = [model.encode(torch.tensor(prompt_of(n, vocab))) for n in (3, 9, 20)]   # within and past the window
+    canvases = [torch.randint(0, vocab, (TINY_CANVAS,), generator=gen) for _ in prompts]
+    previous = [None, torch.randn(TINY_CANVAS, vocab, generator=gen), torch.randn(TINY_CANVAS, vocab, generator=gen)]
+    with torch.no_grad():
+        together = model.decode_steps(canvases, prompts, previous)
+        alone = [model.decode_step(c, p, s) for c, p, s in zip(canvases, prompts, previous)]
+    assert all(torch.equal(a, b) for a, b in zip(together, alone))
+
+
 def test_batched_requests_equal_generate(engine, model, references):
     vocab = model.config.vocab_size
     prompts = [prompt_of(n, vocab) for n, _, _ in CASES]
