@@ -10,7 +10,7 @@ from dlx.engine.strategy import StepPlan, finish_by_stop_rules
 from dlx.models.diffusion_gemma import DiffusionGemmaConfig, EncodedPrompt
 from dlx.models.diffusion_gemma_sampler import (CanvasState, SamplingSettings, make_generator, start_canvas,
                                                 step)
-from dlx.params import SamplingParams
+from dlx.params import CANVAS_FIELDS, SamplingParams
 
 
 @dataclass
@@ -30,8 +30,8 @@ class CanvasDiffusion:
     canvas refines from random tokens until the adaptive stop (stable and confident) or max_denoising_steps, then
     its argmax is the request's next canvas_length tokens and the context of the next canvas, until one holds a stop
     token or max_tokens (the reference's max_new_tokens) are decided. Request fields: the canvas-sampler fields of
-    SamplingParams override generation_config.json; temperature, top_p, top_k, sampling_mode and threshold are
-    refused, as the family has its own temperature schedule (t_max down to t_min) and acceptance rule; `seed` seeds
+    SamplingParams override generation_config.json; temperature, top_p, top_k, sampling_mode, threshold (and lora)
+    are refused, as the family has its own temperature schedule (t_max down to t_min) and acceptance rule; `seed` seeds
     the request's generator (torch.manual_seed(seed) before generate() draws the same), no seed a random one.
     Outputs differ from generate()'s in two ways every dlx request shares: a stop token ends the output without
     being part of it, and the last canvas is cut to max_tokens."""
@@ -45,12 +45,13 @@ class CanvasDiffusion:
         self.device = torch.device(cfg.device or "cpu")
 
     def check_params(self, params: SamplingParams) -> None:
-        refused = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "sampling_mode": None, "threshold": None,
-                   "lora": None}
+        if params.lora is not None:
+            raise ValueError("DiffusionGemma does not take 'lora': it is served without LoRA adapters")
+        refused = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "sampling_mode": None, "threshold": None}
         for name, default in refused.items():
             if getattr(params, name) != default:
-                raise ValueError(f"DiffusionGemma does not take '{name}': it samples with its own temperature "
-                                 "schedule (set t_min, t_max, entropy_bound, max_denoising_steps instead)")
+                raise ValueError(f"DiffusionGemma does not take '{name}': its canvas sampler has its own temperature "
+                                 "schedule and acceptance rule (its fields: " + ", ".join(CANVAS_FIELDS) + ")")
         self.defaults.replace(**params.canvas_settings())   # t_min < t_max and the like, checked now
 
     def decoding(self, req: Request) -> CanvasDecoding:
