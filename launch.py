@@ -31,7 +31,7 @@ class Runtime:
         mask_id, _ = special_ids(cfg)
         config = {k: v for k, v in cfg.to_dict().items() if k not in ("hf_config", "warnings")}
         self.data = {"prefix": self.prefix, "data_parallel_size": cfg.data_parallel_size, "config": config,
-                     "mask_id": mask_id, "vocab_size": cfg.hf_config["vocab_size"]}
+                     "mask_id": mask_id, "vocab_size": cfg.model_setting("vocab_size", None)}
 
     def write(self, path: str) -> None:
         """Readable by this user only: the description holds the API key, when one is set."""

@@ -13,6 +13,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "model_name": "served model id (the seed's registered names, e.g. llada2_mini, are accepted)",
         "load_format": "auto (the checkpoint's safetensors) or dummy (random weights for a directory holding only "
                        "config.json and tokenizer files, for benchmarks; routers balanced like a trained model's)",
+        "decoding_strategy": "multi_bd (block diffusion: llada2_moe) or canvas (DiffusionGemma's canvas sampler: "
+                             "diffusion_gemma); default: the one config.json's model_type takes",
         "buffer_size": "blocks decoded concurrently per request (1 = SingleBD, exactly the model's generate())",
         "attn_impl": "triton_grouped (GPU: Triton attention, KV store, norms, rotary, greedy sampling "
                      "reduction) or naive (plain PyTorch)",

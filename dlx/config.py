@@ -9,7 +9,9 @@ from dlx.params import check_lora_flags
 
 EMBEDDED_MODEL_DIR = os.path.join(os.path.dirname(__file__), "assets", "dlx-tiny")
 # config.json model_type values dlx serves (the loader's families; a test keeps the two equal).
-SERVED_MODEL_TYPES = ("llada2_moe",)
+SERVED_MODEL_TYPES = ("llada2_moe", "diffusion_gemma")
+# The decoding strategy each served model_type takes (--decoding-strategy, when given, must be its family's).
+FAMILY_STRATEGIES = {"llada2_moe": "multi_bd", "diffusion_gemma": "canvas"}
 # Where `launch.py --no-frontend` describes its shared memory and an attaching gunicorn looks (DLX_RUNTIME).
 DEFAULT_RUNTIME_FILE = "/tmp/dlx-runtime.json"
 
@@ -32,7 +34,7 @@ class Config:
     dtype: str = "auto"
     load_format: str = "auto"
     mask_token_id: int | None = None
-    decoding_strategy: str = "multi_bd"
+    decoding_strategy: str | None = None   # None: the model_type's own (FAMILY_STRATEGIES)
     sampling_mode: str = "naive"
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
@@ -88,6 +90,14 @@ class Config:
         if model_type not in SERVED_MODEL_TYPES:
             raise ConfigError(f"--model {self.model}: model_type '{model_type}' (config.json) is not served by dlx "
                               f"(served: {', '.join(SERVED_MODEL_TYPES)})")
+        wanted = FAMILY_STRATEGIES[model_type]
+        if self.decoding_strategy not in (None, wanted):
+            raise ConfigError(f"--decoding-strategy {self.decoding_strategy} does not decode model_type "
+                              f"'{model_type}' (it takes {wanted})")
+        self.decoding_strategy = wanted
+        if model_type == "diffusion_gemma" and (self.tensor_parallel_size > 1 or self.lora_path):
+            raise ConfigError("diffusion_gemma is served without tensor parallelism and LoRA adapters so far "
+                              "(--tensor-parallel-size 1, no --lora-path)")
         self.model_name = self.model_name or os.path.basename(os.path.normpath(self.model))
         self.api_key = self.api_key or os.environ.get("DLX_API_KEY") or None
         self._check_choices()
@@ -98,7 +108,7 @@ class Config:
         return self
 
     def _check_choices(self) -> None:
-        choices = {"decoding_strategy": ("multi_bd",), "sampling_mode": ("naive", "edit"),
+        choices = {"sampling_mode": ("naive", "edit"),
                    "attn_impl": ("triton_grouped", "naive"),
                    "moe_impl": ("auto", "triton", "naive"), "device": (None, "cuda", "cpu"),
                    "dtype": ("auto", "bfloat16", "float16", "float32"), "load_format": ("auto", "dummy")}
@@ -140,7 +150,7 @@ class Config:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.page_size % self.block_size:
             raise ConfigError(f"--block-size {self.block_size} must divide --page-size {self.page_size}")
-        limit = self.hf_config.get("max_position_embeddings", 4096)
+        limit = self.model_setting("max_position_embeddings", 4096)
         if self.max_model_len is None:
             self.max_model_len = min(4096, limit) // self.block_size * self.block_size
         if self.max_model_len > limit:
@@ -154,12 +164,17 @@ class Config:
             raise ConfigError(f"--max-num-batched-tokens {self.max_num_batched_tokens} must be at least "
                               f"--max-model-len {self.max_model_len} so that any admitted prompt fits one step")
 
+    def model_setting(self, name: str, default: object) -> object:
+        """A config.json key, at the top level or in text_config (where DiffusionGemma keeps its text model's)."""
+        value = self.hf_config.get(name)
+        return value if value is not None else (self.hf_config.get("text_config") or {}).get(name, default)
+
     def _check_parallelism(self, cuda_available: bool) -> None:
         tp, dp = self.tensor_parallel_size, self.data_parallel_size
         if tp < 1 or dp < 1:
             raise ConfigError("--tensor-parallel-size and --data-parallel-size must be at least 1")
-        heads = self.hf_config.get("num_attention_heads", 1)
-        kv_heads = self.hf_config.get("num_key_value_heads") or heads
+        heads = self.model_setting("num_attention_heads", 1)
+        kv_heads = self.model_setting("num_key_value_heads", None) or heads
         if heads % tp or (kv_heads % tp and tp % kv_heads):
             raise ConfigError(f"--tensor-parallel-size {tp} must divide the {heads} attention heads and divide "
                               f"or be a multiple of the {kv_heads} KV heads")

@@ -72,6 +72,14 @@ class SamplingParams:
     sampling_mode: str | None = None  # naive | edit
     threshold: float | None = None    # accept threshold of this request (--accept-threshold when None)
     lora: str | None = None           # run-time LoRA adapter by name (None: the unnamed adapter, if any, or none)
+    # DiffusionGemma's canvas sampler (generation_config.json's names; None: the checkpoint's value). It has its own
+    # temperature schedule, t_max at a canvas's first step down to t_min, in place of temperature, top_p and top_k.
+    max_denoising_steps: int | None = None
+    entropy_bound: float | None = None
+    t_min: float | None = None
+    t_max: float | None = None
+    stability_threshold: int | None = None
+    confidence_threshold: float | None = None
 
     def __post_init__(self):
         for name in ("max_tokens", "max_nfe", "max_repetition_run"):
@@ -100,8 +108,29 @@ class SamplingParams:
             require(is_number(self.threshold) and 0 <= self.threshold <= 1, "threshold", "a number in [0, 1]",
                     self.threshold)
             self.threshold = float(self.threshold)
+        self.check_canvas_fields()
         require(self.lora is None or (is_text(self.lora) and bool(ADAPTER_NAME.match(self.lora))), "lora",
                 "an adapter name", self.lora)
+
+    def check_canvas_fields(self) -> None:
+        counts = {"max_denoising_steps": 1, "stability_threshold": 0}
+        for name in CANVAS_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name in counts:
+                require(is_int(value) and value >= counts[name], name, f"an integer >= {counts[name]}", value)
+                setattr(self, name, min(value, COUNT_CAP))
+            elif name in ("t_min", "t_max"):
+                require(is_number(value) and value >= 0, name, "a number >= 0", value)
+                setattr(self, name, float(value))
+            else:
+                require(is_number(value) and value > 0, name, "a number > 0", value)
+                setattr(self, name, float(value))
+
+    def canvas_settings(self) -> dict:
+        """The canvas-sampler fields this request sets (what overrides generation_config.json)."""
+        return {name: getattr(self, name) for name in CANVAS_FIELDS if getattr(self, name) is not None}
 
     @staticmethod
     def stop_strings(value: object) -> list[str]:
@@ -146,6 +175,8 @@ class SamplingParams:
 
 
 FIELD_NAMES = frozenset(f.name for f in fields(SamplingParams))
+CANVAS_FIELDS = ("max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
+                 "confidence_threshold")
 
 
 @dataclass

@@ -104,6 +104,20 @@ def test_engine_cpus_in_worker_order_and_the_rest_for_frontends(tiny_dir, monkey
     assert finalize(tiny_dir).engine_cpu_list() == []
 
 
+def test_unserved_model_type_is_one_sentence(tiny_dir, tmp_path):
+    import json
+    import shutil
+    model_dir = str(tmp_path / "other")
+    shutil.copytree(tiny_dir, model_dir)
+    with open(f"{model_dir}/config.json") as f:
+        raw = json.load(f)
+    with open(f"{model_dir}/config.json", "w") as f:
+        json.dump({**raw, "model_type": "gemma4"}, f)
+    with pytest.raises(ConfigError, match=r"model_type 'gemma4' \(config.json\) is not served by dlx \(served: "
+                                          r"llada2_moe, diffusion_gemma\)"):
+        finalize(model_dir)
+
+
 def test_served_model_types_are_the_loaders_families():
     from dlx.config import SERVED_MODEL_TYPES
     from dlx.models.loader import FAMILIES

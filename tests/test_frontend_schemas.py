@@ -245,7 +245,9 @@ def test_sampling_params_to_dict_is_plain_independent_and_round_trips():
     payload = options.to_dict()
     assert json.loads(json.dumps(payload)) == payload
     assert set(payload) == {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids",
-                            "max_nfe", "max_repetition_run", "ignore_eos", "sampling_mode", "threshold", "lora"}
+                            "max_nfe", "max_repetition_run", "ignore_eos", "sampling_mode", "threshold", "lora",
+                            "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
+                            "confidence_threshold"}
     assert SamplingParams.from_dict(payload) == options   # what the engine rebuilds from the ring message
     payload["stop"].append("y")
     assert options.stop == ["x"]

@@ -3,6 +3,7 @@ FillMasks (naive) and FillAndEdit (edit), that a request picks by its sampling_m
 from dlx.config import Config
 from dlx.engine.request import Request
 from dlx.engine.strategy import StepPlan, finish_by_stop_rules
+from dlx.params import SamplingParams
 
 
 def quota(step: int, masked_at_start: int, steps: int) -> int:
@@ -75,6 +76,8 @@ class BlockDiffusion:
     a new block joins once the last one is `add_block_threshold` filled. Each block commits its masks above the
     accept threshold, or at least its quota when it leads the buffer or the block before it is semi-complete."""
 
+    paged_kv = True
+
     def __init__(self, cfg: Config):
         self.buffer_size, self.add_block_threshold = cfg.buffer_size, cfg.add_block_threshold
         self.accept_threshold, self.semi_complete_threshold = cfg.accept_threshold, cfg.semi_complete_threshold
@@ -84,6 +87,12 @@ class BlockDiffusion:
     def policy(self, req: Request) -> FillMasks | FillAndEdit:
         """The request's commit policy: its own sampling_mode, else the server's."""
         return self.policies[req.params.sampling_mode or self.default_mode]
+
+    def check_params(self, params: SamplingParams) -> None:
+        """The canvas sampler's fields belong to another family."""
+        if params.canvas_settings():
+            raise ValueError(f"'{next(iter(params.canvas_settings()))}' is a DiffusionGemma sampling field; "
+                             "this model decodes by block diffusion")
 
     # ---- rows of a step ----------------------------------------------------------------------------
     def plan(self, req: Request) -> StepPlan:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 
 from dlx.config import Config
+from dlx.engine.canvas_diffusion import CanvasSampler
+from dlx.engine.canvas_runner import CanvasRunner
 from dlx.engine.kv_manager import KVCacheManager
 from dlx.engine.request import Request, Status
 from dlx.engine.runner import ModelRunner
@@ -48,6 +50,9 @@ class StepMetrics:
 def special_ids(cfg: Config) -> tuple[int, int | None]:
     mask = cfg.mask_token_id if cfg.mask_token_id is not None else cfg.hf_config.get("mask_token_id")
     mask = mask if mask is not None else token_id(cfg.model, MASK_TOKEN)
+    if mask is None and cfg.decoding_strategy == "canvas":
+        # A canvas has no mask token and never shows an undecided position: any real id fills the request's tail.
+        mask = cfg.model_setting("pad_token_id", 0)
     if mask is None:
         raise ValueError(f"no mask token found for {cfg.model}: pass --mask-token-id")
     eos = cfg.hf_config.get("eos_token_id")
@@ -64,20 +69,30 @@ class LLMEngine:
         self.mask_id, self.eos_id = special_ids(cfg)
         self.vocab_size = self.model.config.vocab_size
         self.facts: list[str] = []    # start-up facts the launcher prints (graphs captured, their memory)
+        self.strategy = strategy_for(cfg)
+        if self.strategy.paged_kv:
+            num_pages = self.start_paged_runner()
+            self.sampler: Sampler | CanvasSampler = Sampler(self.mask_id)
+        else:   # a dense family: its own runner and sampler, and a page pool the scheduler never draws from
+            num_pages, self.runner, self.sampler = 1, CanvasRunner(self.model), CanvasSampler()
+        self.kv = KVCacheManager(num_pages, cfg.page_size, not cfg.disable_prefix_caching)
+        self.scheduler = Scheduler(self.kv, cfg.max_num_reqs, cfg.max_num_batched_tokens, self.strategy)
+        self.last_metrics = StepMetrics()
+        self.last_finished: dict[str, Request] = {}   # requests that finished in the latest step
+
+    def start_paged_runner(self) -> int:
+        """The ModelRunner over a paged KV cache sized for the configuration, its graphs captured when they are on;
+        returns the number of pages."""
+        cfg = self.cfg
         num_pages = cfg.num_kv_pages or self.default_num_pages()
         if num_pages * cfg.page_size < cfg.max_model_len + cfg.page_size:
             raise ValueError(f"{num_pages} KV pages cannot hold one request of --max-model-len {cfg.max_model_len}")
-        self.runner = self.make_runner(num_pages)
+        self.runner: ModelRunner | CanvasRunner = self.make_runner(num_pages)
         if cfg.cuda_graphs:
             self.capture_graphs()
         elif cfg.bucketed_steps:   # --enforce-eager: the graphs' shapes, uncaptured
             self.runner.use_graphs(cfg.max_num_reqs, cfg.buffer_size, cfg.max_model_len, capture=False)
-        self.kv = KVCacheManager(num_pages, cfg.page_size, not cfg.disable_prefix_caching)
-        self.strategy = strategy_for(cfg)
-        self.scheduler = Scheduler(self.kv, cfg.max_num_reqs, cfg.max_num_batched_tokens, self.strategy)
-        self.sampler = Sampler(self.mask_id)
-        self.last_metrics = StepMetrics()
-        self.last_finished: dict[str, Request] = {}   # requests that finished in the latest step
+        return num_pages
 
     def capture_graphs(self) -> None:
         """Capture the decode step's graphs; a capture that fails leaves the engine serving eagerly, and says so."""
@@ -141,6 +156,7 @@ class LLMEngine:
                              "leaves no room to generate")
         if min(prompt) < 0 or max(prompt) >= self.vocab_size:
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
+        self.strategy.check_params(params)
         adapter = self.adapters.get(params.lora if params.lora is not None else "", -1)
         if params.lora is not None and params.lora not in self.adapters:
             raise ValueError(f"unknown LoRA adapter '{params.lora}' (served: {', '.join(self.adapters) or 'none'})")

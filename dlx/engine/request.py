@@ -65,6 +65,7 @@ class Request:
         self.first_step_done: float | None = None
         self.finished_time: float | None = None
         self.generator = None                      # torch.Generator for seeded sampling, made by the sampler
+        self.decoding = None                       # state a strategy keeps beyond the block state (a canvas)
 
     # ---- block state -------------------------------------------------------------------------------
     def block_masks(self, b: int) -> int:

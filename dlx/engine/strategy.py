@@ -5,6 +5,7 @@ from typing import Protocol
 
 from dlx.config import Config
 from dlx.engine.request import Request
+from dlx.params import SamplingParams
 
 
 @dataclass
@@ -19,7 +20,12 @@ class StepPlan:
 
 class DecodingStrategy(Protocol):
     """How requests of one model family are decoded. Per-request state lives in `Request`; a strategy holds only
-    settings and rules, so one object serves every request of an engine."""
+    settings and rules, so one object serves every request of an engine. `paged_kv`: its family's forward reads and
+    writes the engine's paged KV cache through the ModelRunner; False: a dense runner of its own, no pages."""
+    paged_kv: bool
+
+    def check_params(self, params: SamplingParams) -> None:
+        """Refuse (ValueError, one sentence) what a request sets that this strategy does not decode by."""
 
     def plan(self, req: Request) -> StepPlan:
         """Called by the scheduler when it considers `req` for a step: advance the request's canvas for the
@@ -87,8 +93,12 @@ def repetition_end(req: Request, stable: int) -> int | None:
 
 
 def strategy_for(cfg: Config) -> DecodingStrategy:
-    """The strategy `--decoding-strategy` names (the config checks the name)."""
-    from dlx.engine.block_diffusion import BlockDiffusion   # it builds on this module's StepPlan and stop rules
+    """The strategy `--decoding-strategy` names (the config checks the name and fills it from the model_type)."""
+    # Both build on this module's StepPlan and stop rules, so they are imported here.
+    from dlx.engine.block_diffusion import BlockDiffusion
+    from dlx.engine.canvas_diffusion import CanvasDiffusion
     if cfg.decoding_strategy == "multi_bd":
         return BlockDiffusion(cfg)
+    if cfg.decoding_strategy == "canvas":
+        return CanvasDiffusion(cfg)
     raise ValueError(f"unknown decoding strategy {cfg.decoding_strategy!r}")

@@ -9,7 +9,8 @@ from dlx.params import FIELD_NAMES, ParamError, SamplingParams, describe, is_int
 
 STREAM_MODES = ("denoise", "block_append")
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
-INT_FIELDS = ("max_tokens", "top_k", "seed", "max_nfe", "max_repetition_run")
+INT_FIELDS = ("max_tokens", "top_k", "seed", "max_nfe", "max_repetition_run", "max_denoising_steps",
+              "stability_threshold")
 
 
 class RequestError(Exception):

@@ -1,5 +1,6 @@
 """The DiffusionGemma text model (model_type `diffusion_gemma`): its config read from config.json, and the
-full-recompute, unbatched reference forward: encode(prompt) once, then decode_step(canvas) per denoising step."""
+full-recompute reference forward: encode(prompt) once, then decode_step(canvas) per denoising step (decode_steps:
+several requests' canvases in one forward)."""
 from dataclasses import dataclass
 
 import torch
@@ -177,13 +178,24 @@ class DiffusionGemmaModel(nn.Module):
                     self_conditioning_logits: torch.Tensor | None = None) -> torch.Tensor:
         """One denoising step: canvas_ids [C] at positions P..P+C-1 after the prompt; self_conditioning_logits
         [C, vocab] the previous step's logits, None on the first step. Returns fp32 logits [C, vocab]."""
-        x = self.embed_tokens(canvas_ids) * self.embed_scale()
-        soft = None if self_conditioning_logits is None else self.soft_embeddings(self_conditioning_logits)
-        x = self.self_conditioning(x, soft)
-        positions = torch.arange(prompt.length, prompt.length + len(canvas_ids), device=canvas_ids.device)
-        for layer, k, v in zip(self.layers, prompt.keys, prompt.values):
-            x = layer(x, positions, (k, v))[0]
-        return self.compute_logits(self.norm(x))
+        return self.decode_steps([canvas_ids], [prompt], [self_conditioning_logits])[0]
+
+    def decode_steps(self, canvases: list[torch.Tensor], prompts: list[EncodedPrompt],
+                     self_conditioning_logits: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        """decode_step for several requests in one forward: canvases of one length, each after its own prompt.
+        Every op but attention runs on all rows at once; attention reads each canvas's own prompt."""
+        x = self.embed_tokens(torch.cat(canvases)) * self.embed_scale()
+        length = len(canvases[0])
+        conditioned = [i for i, logits in enumerate(self_conditioning_logits) if logits is not None]
+        if conditioned:   # the rows of canvases with a previous step; the others' MLP input would be exactly zero
+            rows = torch.cat([torch.arange(i * length, (i + 1) * length) for i in conditioned]).to(x.device)
+            soft = self.soft_embeddings(torch.cat([self_conditioning_logits[i] for i in conditioned]))
+            x = x.index_add(0, rows, self.self_conditioning.mlp(self.self_conditioning.pre_norm(soft)))
+        x = self.self_conditioning(x, None)
+        positions = torch.cat([torch.arange(p.length, p.length + length, device=x.device) for p in prompts])
+        for i, layer in enumerate(self.layers):
+            x = layer(x, positions, [(p.keys[i], p.values[i]) for p in prompts])[0]
+        return list(self.compute_logits(self.norm(x)).split(length))
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits, soft-capped: cap * tanh(logits / cap)."""

@@ -119,24 +119,31 @@ class GemmaAttention(nn.Module):
         return q, self.rotary(self.k_norm(k), positions), gemma_rms_norm(v, None, self.eps)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor,
-                prompt_kv: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
-        """Encoder (prompt_kv None): causal over x, within the window on sliding layers. Decoder: x (the canvas)
-        sees all of itself and the prompt's keys, of which a sliding layer keeps only the last window - 1 (what
-        the reference's sliding cache holds). Returns (output, k, v) so the encoder can keep k and v."""
+                prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] | None) -> tuple[torch.Tensor, ...]:
+        """Encoder (prompt_kv None): causal over x, within the window on sliding layers. Decoder: x holds one or
+        more canvases of equal length, one per (keys, values) of prompt_kv; each canvas sees all of itself and its
+        prompt's keys, of which a sliding layer keeps only the last window - 1 (what the reference's sliding cache
+        holds). Returns (output, k, v) so the encoder can keep k and v."""
         q, k, v = self.project(x, positions)
         if prompt_kv is None:
-            keys, values = k, v
             visible = positions[None, :] <= positions[:, None]
             if self.window is not None:
                 visible &= positions[None, :] > positions[:, None] - self.window
+            out = grouped_attention(q, k, v, visible)
         else:
-            prompt_k, prompt_v = prompt_kv
-            kept = len(prompt_k) if self.window is None else min(len(prompt_k), self.window - 1)
-            keys = torch.cat([prompt_k[len(prompt_k) - kept:], k])
-            values = torch.cat([prompt_v[len(prompt_v) - kept:], v])
-            visible = None
-        out = grouped_attention(q, keys, values, visible)
+            canvases = len(prompt_kv)
+            out = torch.cat([self.read_prompt(*parts) for parts in
+                             zip(q.chunk(canvases), k.chunk(canvases), v.chunk(canvases), prompt_kv)])
         return self.o_proj(out.reshape(len(x), -1)), k, v
+
+    def read_prompt(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    prompt_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """One canvas's attention over its prompt's kept keys and all of itself."""
+        prompt_k, prompt_v = prompt_kv
+        kept = len(prompt_k) if self.window is None else min(len(prompt_k), self.window - 1)
+        keys = torch.cat([prompt_k[len(prompt_k) - kept:], k])
+        values = torch.cat([prompt_v[len(prompt_v) - kept:], v])
+        return grouped_attention(q, keys, values, None)
 
 
 class GemmaRouter(nn.Module):
@@ -201,7 +208,7 @@ class GemmaLayer(nn.Module):
         self.decoder_scalar = nn.Parameter(torch.empty(1))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor,
-                prompt_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
+                prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[torch.Tensor, ...]:
         """Encoder pass without prompt_kv, decoder pass with it (see GemmaAttention). Returns (x, k, v)."""
         attn, k, v = self.self_attn(self.input_layernorm(x), positions, prompt_kv)
         x = x + self.post_attention_layernorm(attn)

@@ -9,7 +9,6 @@ from dlx.models.diffusion_gemma import DiffusionGemmaConfig, DiffusionGemmaModel
 from dlx.models.diffusion_gemma_layers import NORMS
 from dlx.models.interface import Family, check_shape
 from dlx.models.layers import copy_full
-from dlx.models.loader import load_family, read_config
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +122,7 @@ FAMILY = Family(DiffusionGemmaConfig.from_hf, DiffusionGemmaModel, WeightMap, la
 
 def load_diffusion_gemma(model_dir: str, dtype: str = "auto", device: str | torch.device = "cpu"
                          ) -> DiffusionGemmaModel:
-    """Build the model from config.json and fill it from the safetensors files (single or sharded); not in the
-    loader's family table until the engine serves it."""
+    """Build the model from config.json and fill it from the safetensors files (single or sharded), as
+    load_model does for a diffusion_gemma directory."""
+    from dlx.models.loader import load_family, read_config   # the loader's family table imports this module
     return load_family(model_dir, FAMILY, read_config(model_dir), dtype, device)

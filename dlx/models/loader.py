@@ -7,12 +7,14 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
+from dlx.models.diffusion_gemma_weights import FAMILY as DIFFUSION_GEMMA
 from dlx.models.dummy import fill_dummy_weights
 from dlx.models.interface import Family
 from dlx.models.llada2 import LLaDA2Config, LLaDA2Model
 from dlx.models.llada2_weights import LLaDA2WeightMap
 
-FAMILIES = {"llada2_moe": Family(LLaDA2Config.from_hf, LLaDA2Model, LLaDA2WeightMap, lambda cfg: cfg.torch_dtype)}
+FAMILIES = {"llada2_moe": Family(LLaDA2Config.from_hf, LLaDA2Model, LLaDA2WeightMap, lambda cfg: cfg.torch_dtype),
+            "diffusion_gemma": DIFFUSION_GEMMA}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 PROGRESS_BAR_BYTES = 1 << 30
