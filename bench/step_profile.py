@@ -76,6 +76,19 @@ def replay_cpu_us(engine: LLMEngine) -> tuple[float, float]:
     return timings[0], timings[1]
 
 
+def host_profile(engine: LLMEngine, steps: int, top: int = 12) -> None:
+    """The Python functions that take the most time in `steps` engine steps (cProfile, own time), printed."""
+    import cProfile
+    import pstats
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        engine.step()
+    profiler.disable()
+    print(f"host (cProfile) over {steps} steps, most own time first:")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+
+
 def profile_steps(engine: LLMEngine, batch: int, context: int, steps: int
                   ) -> tuple[list[tuple[str, float, float]], float]:
     """Kernels (name, µs) of `steps` steady decode steps: `batch` requests of `context` cached tokens each, one
@@ -90,6 +103,7 @@ def profile_steps(engine: LLMEngine, batch: int, context: int, steps: int
         engine.step()
     engine.step()
     kernels = step_kernels(engine, steps)
+    host_profile(engine, steps)
     walls = []
     for _ in range(steps):
         sync()

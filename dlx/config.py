@@ -163,6 +163,10 @@ class Config:
         if self.max_num_batched_tokens < self.max_model_len:
             raise ConfigError(f"--max-num-batched-tokens {self.max_num_batched_tokens} must be at least "
                               f"--max-model-len {self.max_model_len} so that any admitted prompt fits one step")
+        canvas = self.hf_config.get("canvas_length", 256) if self.decoding_strategy == "canvas" else 0
+        if self.max_num_batched_tokens < canvas:   # every step computes a request's whole canvas
+            raise ConfigError(f"--max-num-batched-tokens {self.max_num_batched_tokens} must be at least the "
+                              f"canvas length {canvas} (config.json) so that a canvas fits one step")
 
     def model_setting(self, name: str, default: object) -> object:
         """A config.json key, at the top level or in text_config (where DiffusionGemma keeps its text model's)."""

@@ -133,12 +133,14 @@ def test_triton_alignment_equals_the_torch_one(tokens, top_k, experts, block_m, 
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_shared_expert_rides_in_the_grouped_gemms(dtype):
+@pytest.mark.parametrize("tokens,experts", [(11, 6), (40, 2)])   # few rows an expert (Triton grouping), many
+def test_shared_expert_rides_in_the_grouped_gemms(dtype, tokens, experts):
     """fused_moe(shared=True) = the routed experts + the last stacked expert at weight 1 for every token."""
-    hidden, inter, experts, top_k = 32, 16, 6, 2
+    hidden, inter, top_k = 32, 16, 2
+    assert moe_triton.few_rows_per_expert(tokens * (top_k + 1), experts + 1) == (tokens == 11)
     w13, w2 = make_weights(hidden, inter, experts + 1, dtype)
-    x = torch.randn(11, hidden, device=DEVICE).to(dtype)
-    ids, weights = balanced_routing(11, experts, top_k)
+    x = torch.randn(tokens, hidden, device=DEVICE).to(dtype)
+    ids, weights = balanced_routing(tokens, experts, top_k)
     got = moe_triton.fused_moe(x, w13, w2, ids.to(torch.int32), weights, shared=True).float()
     routed = moe_reference(x.float(), w13[:experts].float(), w2[:experts].float(), ids, weights)
     gate, up = (x.float() @ w13[experts].float().t()).chunk(2, dim=-1)

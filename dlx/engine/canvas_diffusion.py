@@ -24,6 +24,10 @@ class CanvasDecoding:
     pending: CanvasState | None = None    # this step's next state: the sampler's, installed by commit
     committed: int = 0               # generated tokens decided (whole canvases, the last cut to max_tokens)
 
+    def release(self) -> None:
+        """Drop the tensors a finished request no longer needs (an unfinished canvas's logits are C x vocab)."""
+        self.state = self.encoded = self.pending = None
+
 
 class CanvasDiffusion:
     """Canvas diffusion (model_type diffusion_gemma). A request's tokens are decided a whole canvas at a time: a

@@ -133,7 +133,11 @@ class Request:
         return timing
 
     def finish(self, reason: str, output: list[int]) -> bool:
+        """The output is decided: whatever the strategy kept for the next steps (a canvas's logits, its encoded
+        prompt) goes now, not when the last reference to the request does."""
         self.finish_reason, self.output = reason, list(output)
+        if self.decoding is not None:
+            self.decoding.release()
         self.status = Status.FINISHED
         self.finished_time = time.monotonic()
         return True
