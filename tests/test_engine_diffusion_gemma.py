@@ -220,3 +220,31 @@ def test_llm_api_equals_generate(gemma_dir, model, references):
     events = list(llm.stream(prompts[0], params[0]))   # one canvas, six steps
     assert events[-1].completion.token_ids == references[picked[0]] and not any(e.finished for e in events[:-1])
     assert len({e.text for e in events}) > 2   # the canvas's text changes as it refines
+
+
+def test_a_budget_smaller_than_the_canvas_is_refused(gemma_dir, tmp_path):
+    """A step computes a request's whole canvas: with a smaller token budget it would never be scheduled."""
+    from dlx.config import ConfigError
+    wide = shutil.copytree(gemma_dir, tmp_path / "wide")
+    with open(wide / "config.json") as f:
+        cfg = json.load(f)
+    with open(wide / "config.json", "w") as f:
+        json.dump(dict(cfg, canvas_length=128), f)
+    with pytest.raises(ConfigError, match="must be at least the canvas length 128"):
+        Config(model=str(wide), max_model_len=64, max_num_batched_tokens=64).finalize(cuda_available=False)
+    Config(model=str(wide), max_model_len=64, max_num_batched_tokens=128).finalize(cuda_available=False)
+
+
+def test_an_aborted_or_finished_request_drops_its_canvas_tensors(engine, model):
+    vocab = model.config.vocab_size
+    aborted = engine.add_request(prompt_of(4, vocab), SamplingParams(seed=1, max_tokens=40, **STEPS))
+    done = engine.add_request(prompt_of(6, vocab), SamplingParams(seed=2, max_tokens=40, max_nfe=3, **STEPS))
+    for _ in range(2):
+        engine.step()
+    assert aborted.decoding.state is not None and aborted.decoding.encoded is not None   # mid-canvas
+    engine.abort(aborted.rid)
+    while engine.has_work():
+        engine.step()
+    assert done.finish_reason == "max_nfe" and aborted.finish_reason == "abort"
+    for req in (aborted, done):
+        assert req.decoding.state is None and req.decoding.encoded is None and req.decoding.pending is None

@@ -141,7 +141,7 @@ def test_cpu_fallback_is_one_warning_line(server):
 def test_models_health_metrics(server):
     assert requests.get(server.url + "/health").status_code == 200
     models = requests.get(server.url + "/v1/models").json()
-    assert models["data"][0]["id"] == "llada2_mini"
+    assert models["data"][0]["id"] == "llada2_mini" and models["data"][0]["decoding_strategy"] == "multi_bd"
     text = requests.get(server.url + "/metrics").text
     for name in ("dlx_requests_total", "dlx_requests_running", "dlx_requests_waiting", "dlx_generated_tokens_total",
                  "dlx_nfe_total", "dlx_kv_pages_used", "dlx_kv_pages_free", "dlx_kv_pages_cached",

@@ -82,6 +82,8 @@ def test_block_append_streams_whole_canvases(server, model, gemma_dir):
 def test_other_samplers_fields_are_a_400(server):
     r = requests.post(server.url + "/generate", json={"prompt": [1, 2], "temperature": 0}, timeout=60)
     assert r.status_code == 400 and "DiffusionGemma does not take 'temperature'" in r.json()["error"]["message"]
+    # What the playground reads to leave those fields out.
+    assert requests.get(server.url + "/v1/models", timeout=60).json()["data"][0]["decoding_strategy"] == "canvas"
 
 
 def test_openai_client_chat_and_completions(server, model, gemma_dir, tokenizer):

@@ -83,7 +83,8 @@ def create_app(runtime: dict | None = None) -> Flask:
 
     @app.get("/v1/models")
     def models():
-        base = {"id": server.model_name, "object": "model", "created": server.started, "owned_by": "dlx"}
+        base = {"id": server.model_name, "object": "model", "created": server.started, "owned_by": "dlx",
+                "decoding_strategy": server.config.get("decoding_strategy")}   # the playground reads it
         adapters = [dict(base, id=name, parent=server.model_name) for name in server.adapters]   # LoRA, by name
         return {"object": "list", "data": [base] + adapters}
 
