@@ -20,7 +20,7 @@ for part in $parts; do
     tests)
       timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py tests/test_kernels_attention_window.py \
         tests/test_kernels_kv_store.py \
-        tests/test_kernels_moe.py tests/test_kernels_moe_lora.py tests/test_kernels_norm.py tests/test_kernels_rotary.py tests/test_kernels_sampling.py \
+        tests/test_kernels_moe.py tests/test_kernels_moe_align.py tests/test_kernels_moe_lora.py tests/test_kernels_norm.py tests/test_kernels_rotary.py tests/test_kernels_sampling.py \
         tests/test_engine_triton.py tests/test_engine_graphs.py tests/test_models_dummy.py tests/test_bench_forward.py \
         2>&1 | tail -n 30 | tee "$OUT/gpu_tests.log" ;;
     forward)       # the engine step of the mini shape, eager and with CUDA graphs, against its roofline

@@ -50,3 +50,16 @@ def lora_adapters(tiny_dir, tmp_path_factory) -> dict:
                        targets=("query_key_value", "gate_proj", "down_proj"))
     write_peft_adapter(tiny_dir, str(root / "zero"), seed=3, zero_b=True)
     return {"a": str(root / "a"), "b": str(root / "b"), "zero": str(root / "zero"), "peft": peft_model}
+
+
+@pytest.fixture(scope="session")
+def gemma_dir(tmp_path_factory) -> str:
+    """A tiny random DiffusionGemma checkpoint with a tokenizer, written by transformers' own classes."""
+    from dlx.models.tiny_gemma import write_tiny_diffusion_gemma
+    return write_tiny_diffusion_gemma(str(tmp_path_factory.mktemp("gemma")), seed=0, tokenizer=True)
+
+
+@pytest.fixture(scope="session")
+def gemma_model(gemma_dir):
+    from dlx.models import load_model
+    return load_model(gemma_dir, "float32")

@@ -33,13 +33,8 @@ def fields_of(i: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def gemma_dir(tmp_path_factory) -> str:
-    return write_tiny_diffusion_gemma(str(tmp_path_factory.mktemp("gemma")), seed=0, tokenizer=True)
-
-
-@pytest.fixture(scope="module")
-def model(gemma_dir):
-    return load_model(gemma_dir, "float32")
+def model(gemma_model):   # conftest's tiny DiffusionGemma, loaded once a session
+    return gemma_model
 
 
 def make_engine(model_dir: str, model=None, **overrides) -> LLMEngine:

@@ -10,20 +10,14 @@ transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "DiffusionGemmaForBlockDiffusion"):
     pytest.skip("transformers < 5.11 has no DiffusionGemmaForBlockDiffusion", allow_module_level=True)
 
-from dlx.models.tiny_gemma import TINY_CANVAS, write_tiny_diffusion_gemma  # noqa: E402
+from dlx.models.tiny_gemma import TINY_CANVAS  # noqa: E402
 
 FIELDS = {"max_denoising_steps": 5}
 
 
 @pytest.fixture(scope="module")
-def gemma_dir(tmp_path_factory) -> str:
-    return write_tiny_diffusion_gemma(str(tmp_path_factory.mktemp("gemma_http")), seed=1, tokenizer=True)
-
-
-@pytest.fixture(scope="module")
-def model(gemma_dir):
-    from dlx.models import load_model
-    return load_model(gemma_dir, "float32")
+def model(gemma_model):   # conftest's tiny DiffusionGemma, loaded once a session
+    return gemma_model
 
 
 @pytest.fixture(scope="module")
