@@ -1,5 +1,6 @@
 """DiffusionGemma's decoding strategy and sampler: each request denoises one canvas after another with its own
 generator, one denoising step per engine step, drawing exactly what diffusion_gemma_sampler.generate() draws."""
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -49,11 +50,12 @@ class CanvasDiffusion:
         self.device = torch.device(cfg.device or "cpu")
 
     def check_params(self, params: SamplingParams) -> None:
+        """Refuse the fields of other samplers (set to anything but their defaults) and bad canvas settings."""
         if params.lora is not None:
             raise ValueError("DiffusionGemma does not take 'lora': it is served without LoRA adapters")
-        refused = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "sampling_mode": None, "threshold": None}
-        for name, default in refused.items():
-            if getattr(params, name) != default:
+        defaults = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
+        for name in ("temperature", "top_p", "top_k", "sampling_mode", "threshold"):
+            if getattr(params, name) != defaults[name]:
                 raise ValueError(f"DiffusionGemma does not take '{name}': its canvas sampler has its own temperature "
                                  "schedule and acceptance rule (its fields: " + ", ".join(CANVAS_FIELDS) + ")")
         self.defaults.replace(**params.canvas_settings())   # t_min < t_max and the like, checked now
