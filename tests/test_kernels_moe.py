@@ -121,6 +121,9 @@ def test_tile_choice():
     assert choose(32 * 8, 256, 2048, 512, torch.bfloat16)["gate_up"]["BLOCK_M"] == 16
     assert choose(256 * 8, 256, 2048, 512, torch.bfloat16)["down"]["BLOCK_M"] == 16
     assert choose(2048 * 8, 256, 2048, 512, torch.bfloat16)["gate_up"]["BLOCK_M"] == 64
+    wide = choose(2048 * 8, 256, 2048, 512, torch.bfloat16)["gate_up"]
+    assert (wide["BLOCK_N"], wide["num_stages"]) == (128, 4)   # measured the fastest at this size
+    assert choose(2048 * 8, 256, 2048, 512, torch.bfloat16, lora=True)["gate_up"]["BLOCK_N"] == 64
 
 
 def assert_routes_match(logits, bias, top_k, n_group, topk_group, score_function="sigmoid"):
