@@ -2,8 +2,9 @@
 # One GPU session (see docs/benchmarks.md), in parts that each fit one device call: logs land in $OUT.
 # Measured on the H100 machine: tests ~140 s, kernels ~70 s, serve ~300 s, quicksweep ~200 s, sweep more than 400 s.
 # serve-mini: estimated (not yet measured) at 5-7 min: two loads of the mini shape, 2 x 4 levels x (warm-up + 3 runs).
+# gemma: not yet measured; one load of the 26B-A4B shape (51 GB of bf16 weights), 4 rows x 3 rounds x 8 steps.
 # Usage: bash bench/gpu_session.sh [tests] [kernels] [serve] [servevaried] [servepinned] [stepgap] [sweep] [quicksweep]
-#        [shorttiles] [servesteps] [serve-mini] [forward] [profile]   (no argument: tests kernels serve)
+#        [shorttiles] [servesteps] [serve-mini] [forward] [profile] [gemma]   (no argument: tests kernels serve)
 # Missing Python packages travel as wheels in .whl/ (see the device notes); run from the repository root.
 set -o pipefail
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/dlx-gpu-out}
@@ -27,6 +28,8 @@ for part in $parts; do
       timeout 560 python3 bench/forward.py --batches 1,8,32,64 --contexts 512,2048,8192 --naive-contexts 512 \
         --lora-rank 16 2>&1 \
         | tee "$OUT/forward.md" ;;
+    gemma)         # DiffusionGemma 26B-A4B shape: one denoising step of every canvas against its roofline
+      timeout 560 python3 bench/forward_gemma.py --batches 1,8 --contexts 512,2048 2>&1 | tee "$OUT/forward_gemma.md" ;;
     profile)       # the kernel families of a graph step at batch 1 and 64 (where the step's GPU time goes)
       timeout 200 python3 bench/step_profile.py --batches 1,64 --context 512 2>&1 | tee "$OUT/profile.md" ;;
     kernels)
@@ -73,7 +76,7 @@ for part in $parts; do
         --concurrency 1,8,32,64 --requests-per-client 2 --max-tokens 32 --max-tokens-to 64 --kv-pages 1024 \
         --max-model-len 1024 --rounds 3 --port 18327 2>&1 | tee "$OUT/serve_mini.md" ;;
     *) echo "unknown part $part (tests kernels serve servevaried servepinned stepgap sweep quicksweep shorttiles"
-       echo "                    servesteps serve-mini forward profile)"
+       echo "                    servesteps serve-mini forward profile gemma)"
        exit 2 ;;
   esac
 done

@@ -63,3 +63,16 @@ def gemma_dir(tmp_path_factory) -> str:
 def gemma_model(gemma_dir):
     from dlx.models import load_model
     return load_model(gemma_dir, "float32")
+
+
+@pytest.fixture(scope="session")
+def gemma_shape_dir(tmp_path_factory) -> str:
+    """A config-only DiffusionGemma directory (the shape writer's files, --load-format dummy) of tiny widths: the
+    tiny checkpoint's text model with 16 experts (so the distinct-experts statistic means something) and a
+    vocabulary above the shape tokenizer's 384 ids."""
+    from dlx.models.shapes import shape_config, write_config_dir
+    from dlx.models.tiny_gemma import TINY_CANVAS, TINY_TEXT
+    raw = shape_config("diffusion_gemma")
+    raw["canvas_length"] = TINY_CANVAS
+    raw["text_config"] = {**raw["text_config"], **TINY_TEXT, "vocab_size": 512, "num_experts": 16}
+    return write_config_dir(str(tmp_path_factory.mktemp("gemma_shape")), raw)

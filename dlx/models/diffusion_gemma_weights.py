@@ -6,6 +6,7 @@ from typing import NamedTuple
 import torch
 
 from dlx.models.diffusion_gemma import DiffusionGemmaConfig, DiffusionGemmaModel
+from dlx.models.diffusion_gemma_dummy import fill_dummy_gemma
 from dlx.models.diffusion_gemma_layers import NORMS
 from dlx.models.interface import Family, check_shape
 from dlx.models.layers import copy_full
@@ -117,7 +118,8 @@ class WeightMap:
             logger.info("skipped %d vision-tower tensors: dlx serves DiffusionGemma as text only", self.skipped_vision)
 
 
-FAMILY = Family(DiffusionGemmaConfig.from_hf, DiffusionGemmaModel, WeightMap, lambda cfg: cfg.torch_dtype)
+FAMILY = Family(DiffusionGemmaConfig.from_hf, DiffusionGemmaModel, WeightMap, lambda cfg: cfg.torch_dtype,
+                fill_dummy_gemma)
 
 
 def load_diffusion_gemma(model_dir: str, dtype: str = "auto", device: str | torch.device = "cpu"

@@ -65,6 +65,7 @@ class Family:
     model: Callable[[Any], torch.nn.Module]
     weight_map: Callable[[torch.nn.Module], WeightMap]
     dtype_of: Callable[[Any], str | None]   # the checkpoint's dtype named in its config, if any
+    fill_dummy: Callable[[torch.nn.Module], None] | None = None   # --load-format dummy; None: dummy.py's (LLaDA2's)
 
 
 def check_shape(name: str, tensor: torch.Tensor, shape: tuple) -> None:

@@ -83,7 +83,7 @@ def load_family(model_dir: str, family: Family, raw: dict, dtype: str = "auto", 
     finally:
         torch.set_default_dtype(previous)
     if load_format == "dummy":
-        fill_dummy_weights(model)
+        (family.fill_dummy or fill_dummy_weights)(model)
         return model.eval()
     weights, covered = family.weight_map(model), set()
     total = sum(os.path.getsize(f) for f in files)
