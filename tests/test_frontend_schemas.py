@@ -1,39 +1,11 @@
 """Tests for dlx.frontend.schemas: every request field's defaults, valid forms and 400s naming the field.
 Pure-Python; no tokenizer or web server needed."""
 
-import json
-
 import pytest
 
-from dlx.frontend.schemas import (GenerateRequest, RequestError, check_prompt_length, error_body, parse_chat,
-                                  parse_completion, parse_generate)
+from dlx.frontend.schemas import RequestError, check_prompt_length, parse_chat, parse_completion, parse_generate
 from dlx.params import SamplingParams
-
-MAX_LEN = 1000
-VOCAB = 500
-
-
-def generate(**fields) -> GenerateRequest:
-    return parse_generate({"prompt": "hi", **fields}, MAX_LEN, VOCAB)
-
-
-def chat(**fields) -> GenerateRequest:
-    return parse_chat({"messages": [{"role": "user", "content": "hi"}], **fields}, MAX_LEN, VOCAB)
-
-
-def completion(**fields) -> GenerateRequest:
-    return parse_completion({"prompt": "hi", **fields}, MAX_LEN, VOCAB)
-
-
-def rejected(parse, body, field) -> RequestError:
-    with pytest.raises(RequestError) as caught:
-        parse(body, MAX_LEN, VOCAB)
-    error = caught.value
-    assert error.field == field
-    if field is not None:
-        assert field in error.message
-    assert error.status == 400 and error.type == "invalid_request_error"
-    return error
+from schema_support import MAX_LEN, VOCAB, chat, completion, generate, rejected
 
 
 def test_generate_defaults():
@@ -238,45 +210,3 @@ def test_completion_prompt_forms():
 ])
 def test_completion_rejects(body, field):
     rejected(parse_completion, body, field)
-
-
-def test_sampling_params_to_dict_is_plain_independent_and_round_trips():
-    options = generate(stop=["x"], stop_token_ids=[1], seed=5, threshold=0.5).sampling
-    payload = options.to_dict()
-    assert json.loads(json.dumps(payload)) == payload
-    assert set(payload) == {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids",
-                            "max_nfe", "max_repetition_run", "ignore_eos", "sampling_mode", "threshold", "lora",
-                            "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
-                            "confidence_threshold"}
-    assert SamplingParams.from_dict(payload) == options   # what the engine rebuilds from the ring message
-    payload["stop"].append("y")
-    assert options.stop == ["x"]
-
-
-@pytest.mark.parametrize("parse", [generate, chat, completion])
-def test_threshold_per_request(parse):
-    assert parse().sampling.threshold is None           # the server's --accept-threshold
-    assert parse(threshold=0).sampling.threshold == 0.0
-    assert parse(threshold=1).sampling.threshold == 1.0 and isinstance(parse(threshold=1).sampling.threshold, float)
-    assert parse(threshold=0.5).sampling.threshold == 0.5
-
-
-@pytest.mark.parametrize("value", [-0.01, 1.01, "0.5", True, float("nan"), [0.5]])
-@pytest.mark.parametrize("parse", [parse_generate, parse_chat, parse_completion])
-def test_threshold_rejected(parse, value):
-    body = {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}], "threshold": value}
-    rejected(parse, body, "threshold")
-
-
-def test_max_completion_tokens_errors_name_the_field_sent():
-    error = rejected(parse_chat, {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0},
-                     "max_completion_tokens")
-    assert "'max_tokens'" not in error.message
-
-
-def test_error_body_and_request_error():
-    assert error_body("bad", "invalid_request_error", 400) == {
-        "error": {"message": "bad", "type": "invalid_request_error", "code": 400}}
-    error = RequestError("queue full", None, status=429, type="overloaded")
-    assert str(error) == "queue full"
-    assert error.body() == {"error": {"message": "queue full", "type": "overloaded", "code": 429}}
