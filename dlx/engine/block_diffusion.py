@@ -17,11 +17,6 @@ def block_positions(req: Request, b: int) -> range:
     return range(max(b * req.B, req.prompt_len), (b + 1) * req.B)
 
 
-def unmasked_prefix_len(req: Request) -> int:
-    """Generated tokens before the first mask."""
-    return req.filled_prefix_len()
-
-
 class FillMasks:
     """Naive: only masks are predicted and filled; a block settles as soon as it has no masks left."""
 
@@ -36,7 +31,7 @@ class FillMasks:
 
     def stable_len(self, req: Request) -> int:
         """Filled tokens never change: everything before the first mask."""
-        return unmasked_prefix_len(req)
+        return req.filled_prefix_len()
 
 
 class FillAndEdit:
@@ -66,7 +61,7 @@ class FillAndEdit:
 
     def stable_len(self, req: Request) -> int:
         """Filled tokens of an open block may still be edited: nothing from the first open block on is stable."""
-        n = unmasked_prefix_len(req)
+        n = req.filled_prefix_len()
         first_open = min(req.active_blocks(), default=None)
         return n if first_open is None else min(n, max(0, first_open * req.B - req.prompt_len))
 

@@ -99,9 +99,6 @@ class Request:
     def generated(self) -> list[int]:
         return self.tokens[self.prompt_len:self.gen_end]
 
-    def stop_ids(self) -> frozenset[int]:
-        return self.stops
-
     def first_stop(self, stable: int) -> int | None:
         """Index of the first stop token among the first `stable` generated tokens, if any."""
         if self.stops:

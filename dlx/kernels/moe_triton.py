@@ -194,11 +194,10 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     tiles = choose_tiles(num_pairs, num_experts, hidden, inter, x.dtype, lora is not None)
     block_m = tiles["gate_up"]["BLOCK_M"]
     # (order, bounds, block_ends, block_experts, num_blocks)
-    if few_rows_per_expert(num_pairs, num_experts):
+    if shared or few_rows_per_expert(num_pairs, num_experts):   # only the Triton grouping knows the shared slot
         routing = align_by_expert_triton(topk_ids, num_experts, block_m, shared)
     else:   # its one-hot scans grow with the pairs: torch's sort is faster here
-        full = topk_ids if not shared else torch.cat([topk_ids, torch.full_like(topk_ids[:, :1], num_experts - 1)], 1)
-        routing = align_by_expert(full, num_experts, block_m)
+        routing = align_by_expert(topk_ids, num_experts, block_m)
     max_blocks = len(routing[3])
     # Triton's interpreter (3.6 to 3.9) multiplies bf16 as raw uint16 bits, so CPU runs do their MMAs in fp32.
     dot_dtype = tl.float32 if x.device.type == "cpu" else _TL_DTYPES[x.dtype]

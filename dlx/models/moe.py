@@ -102,8 +102,7 @@ class SparseMoE(nn.Module):
             y = moe_reference(x, self.w13, self.w2, topk_ids, topk_weights, delta=delta)
         elif self.impl == "triton":
             from dlx.kernels.moe_triton import MoELoRA, few_rows_per_expert, fused_moe  # first use: Triton
-            experts = len(self.stacks[0]) if self.stacks is not None else 0
-            if few_rows_per_expert(topk_ids.numel() + len(x), experts) and self.shared_stacked():
+            if self.shared_stacked() and few_rows_per_expert(topk_ids.numel() + len(x), len(self.stacks[0])):
                 return all_reduce(fused_moe(x, *self.stacks, topk_ids, topk_weights, shared=True))
             lora = None if self.lora is None else MoELoRA(self.lora[0].rows.index, self.lora[0].a, self.lora[0].b,
                                                           self.lora[1].a, self.lora[1].b)
